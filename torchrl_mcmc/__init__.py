@@ -1,0 +1,12 @@
+"""torchrl_mcmc: MCMC policy optimisation for TorchRL.
+
+A policy proposes an action; a few steps of Hamiltonian Monte Carlo (stochastic policies) or a
+Langevin flow (deterministic policies) driven by the critic's gradient refine it; a PID
+controller keeps the policy's KL step near a target.
+"""
+
+from torchrl_mcmc.modules import HMCActor, HMCSample
+
+__all__ = ["HMCActor", "HMCSample"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,31 @@
+"""The math, free of TorchRL: integrators, gates, Gaussians in the unsquashed space."""
+
+from torchrl_mcmc.mcmc.gaussian import (
+    normal_log_prob,
+    squash,
+    standard_normal_log_prob,
+    unsquash,
+)
+from torchrl_mcmc.mcmc.hamiltonian import FlowOutput, GradientGate, HamiltonianFlow
+from torchrl_mcmc.mcmc.integrators import (
+    LeapfrogState,
+    init_state,
+    integrate,
+    leapfrog_step,
+    potential_grad,
+)
+
+__all__ = [
+    "FlowOutput",
+    "GradientGate",
+    "HamiltonianFlow",
+    "LeapfrogState",
+    "init_state",
+    "integrate",
+    "leapfrog_step",
+    "normal_log_prob",
+    "potential_grad",
+    "squash",
+    "standard_normal_log_prob",
+    "unsquash",
+]

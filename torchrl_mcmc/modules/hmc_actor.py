@@ -1,0 +1,434 @@
+"""``HMCActor``: a TorchRL stochastic actor whose action is refined by Hamiltonian dynamics.
+
+Paper §3.2, §4.2, Algorithms 1–2; DESIGN §1.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from tensordict import TensorDictBase, TensorDictParams
+from tensordict.nn import (
+    InteractionType,
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModuleBase,
+)
+from tensordict.nn.probabilistic import interaction_type
+from tensordict.utils import NestedKey
+from torch import Tensor, nn
+from torch import distributions as D
+from torchrl.data import Bounded, Composite, TensorSpec
+from torchrl.modules.distributions import IndependentNormal, TanhNormal
+
+from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash
+from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
+
+__all__ = ["HMCActor", "HMCSample"]
+
+logger = logging.getLogger(__name__)
+
+_GAUSSIAN_CLASSES = (TanhNormal, IndependentNormal, D.Normal)
+
+
+class HMCSample(NamedTuple):
+    """Everything one pass of the actor computes, with graphs kept when asked for.
+
+    All ``u``/``rho`` tensors live in the unsquashed space, shape ``[*batch, d]``; densities and
+    flags have shape ``[*batch]``.
+
+    Attributes:
+        action: ``squash(uK)``, inside the action spec's box.
+        u0: the base sample (``loc`` in deterministic mode).
+        rho0: the initial momentum (zeros in deterministic mode).
+        uK: the chain's end point (``u0`` where it diverged).
+        rhoK: the final momentum (``rho0`` where it diverged).
+        log_prob: ``log pi_theta(u0 | s)``.
+        loc: ``pi_theta``'s mean in the unsquashed space.
+        scale: ``pi_theta``'s standard deviation in the unsquashed space.
+        prior_loc: the frozen prior ``pi_theta_t``'s mean.
+        prior_scale: the frozen prior's standard deviation.
+        divergent: ``True`` where the chain produced a non-finite value and fell back to ``u0``.
+    """
+
+    action: Tensor
+    u0: Tensor
+    rho0: Tensor
+    uK: Tensor
+    rhoK: Tensor
+    log_prob: Tensor
+    loc: Tensor
+    scale: Tensor
+    prior_loc: Tensor
+    prior_scale: Tensor
+    divergent: Tensor
+
+
+def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
+    out: list[NestedKey] = []
+    for key in keys:
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _gaussian_params(dist: D.Distribution) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of a policy distribution in the unsquashed space."""
+    base = dist.base_dist if isinstance(dist, TanhNormal) else dist
+    return base.mean, base.stddev
+
+
+def _probabilistic_module(
+    policy: ProbabilisticTensorDictSequential,
+) -> ProbabilisticTensorDictModule:
+    found = [m for m in policy.modules() if isinstance(m, ProbabilisticTensorDictModule)]
+    if not found:
+        raise TypeError("policy has no ProbabilisticTensorDictModule: it cannot sample actions.")
+    return found[-1]
+
+
+class HMCActor(TensorDictModuleBase):
+    """A stochastic actor refined by ``K`` steps of (gated) Hamiltonian dynamics on the critic.
+
+    The wrapped policy proposes ``u0 ~ pi_theta(.|s)`` (a Gaussian in the unsquashed space: the
+    pre-tanh Normal of a ``TanhNormal``), a momentum ``rho0 ~ N(0, I)`` is drawn, and
+    :class:`~torchrl_mcmc.mcmc.HamiltonianFlow` integrates ``K`` leapfrog steps on the potential
+
+    .. code-block:: text
+
+        U(u) = -( Q(s, squash(u)) / beta + log pi_theta_t(u | s) ),
+
+    where ``pi_theta_t`` is a frozen snapshot of the policy (the *prior*, refreshed by
+    :meth:`refresh_prior` once per policy iteration) and ``Q`` the minimum over the critics the
+    actor holds. Only the end point is squashed into the action spec's box, so the density of
+    ``(uK, rhoK)`` is exactly ``pi_theta(u0|s) N(rho0)`` (eq. 16) and never evaluated out of
+    bounds.
+
+    Acting follows TorchRL's interaction types: under ``RANDOM`` (what collectors set for
+    exploration) ``u0`` and ``rho0`` are sampled; under ``DETERMINISTIC``/``MODE``/``MEAN`` the
+    chain starts from the base mode ``u0 = loc`` with ``rho0 = 0`` and is fully deterministic.
+    With no interaction type set, the wrapped policy's ``default_interaction_type`` decides.
+    The chain switches autograd on for its own ``grad_u U`` evaluations, so it works inside a
+    collector's :func:`torch.no_grad`; written outputs are detached.
+
+    **The critic the actor sees.** TorchRL losses keep their critic parameters to themselves
+    (``convert_to_functional``; with twin critics they even create new ones). A loss that trains
+    this actor's critic must hand its parameters over with :meth:`bind_critic_params`; the actor
+    then evaluates exactly the tensors the loss optimises, and, because they are registered in
+    the actor, its ``state_dict`` and weight syncs to collector workers carry them. Until then the
+    actor uses the critic module's own parameters.
+
+    Args:
+        policy: a TorchRL probabilistic actor (e.g. :class:`~torchrl.modules.ProbabilisticActor`)
+            whose distribution is a ``TanhNormal``, ``IndependentNormal`` or ``Normal``.
+        critic: a critic module (e.g. :class:`~torchrl.modules.ValueOperator`) reading the state
+            and ``action_key`` and writing one state-action value.
+
+    Keyword Args:
+        action_spec: the environment's action spec; must be :class:`~torchrl.data.Bounded`
+            with finite bounds. Defaults to ``policy.spec[action_key]``.
+        num_steps: ``K >= 0`` leapfrog steps (paper: 5). ``0`` is the plain policy.
+        step_size: initial per-dimension step size ``> 0``. The default ``0.05`` is the
+            starting point of our Pendulum trial runs (DESIGN §1.4); the step sizes are learned.
+        gated: use the gated gradient of eqs. 18–19 (``False``: plain leapfrog, eq. 13).
+        gate_hidden: hidden width of the gate nets (paper: 8 or 16).
+        gate_state_key: key of a flat state feature the gates read (``None``: gates ignore the
+            state, the paper's default). Requires ``gate_state_dim``.
+        gate_state_dim: width of ``gate_state_key``'s last dimension.
+        beta: initial KL multiplier ``beta > 0`` (a buffer that a PID controller overwrites).
+        action_key: where the action is written; defaults to the policy's sample key.
+        hmc_key: prefix of the chain's outputs (``(hmc_key, "u0")`` ...).
+        flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``
+            and ``gate_*`` are ignored).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torch import nn
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+        >>> from torchrl.modules import ValueOperator
+        >>> spec = Bounded(-2.0, 2.0, shape=(1,))
+        >>> policy = ProbabilisticActor(
+        ...     TensorDictModule(
+        ...         nn.Sequential(MLP(in_features=3, out_features=2, num_cells=[32]),
+        ...                       NormalParamExtractor()),
+        ...         in_keys=["observation"], out_keys=["loc", "scale"]),
+        ...     in_keys=["loc", "scale"], distribution_class=TanhNormal,
+        ...     distribution_kwargs={"low": -2.0, "high": 2.0}, spec=spec)
+        >>> critic = ValueOperator(MLP(in_features=4, out_features=1, num_cells=[32]),
+        ...                        in_keys=["observation", "action"])
+        >>> actor = HMCActor(policy, critic, num_steps=5)
+        >>> td = actor(TensorDict({"observation": torch.randn(8, 3)}, batch_size=[8]))
+        >>> td["action"].shape, bool((td["action"].abs() <= 2).all())
+        (torch.Size([8, 1]), True)
+        >>> td["hmc", "uK"].shape, td["hmc", "u0_log_prob"].shape
+        (torch.Size([8, 1]), torch.Size([8]))
+    """
+
+    def __init__(
+        self,
+        policy: ProbabilisticTensorDictSequential,
+        critic: TensorDictModuleBase,
+        *,
+        action_spec: TensorSpec | None = None,
+        num_steps: int = 5,
+        step_size: float = 0.05,
+        gated: bool = True,
+        gate_hidden: int = 16,
+        gate_state_key: NestedKey | None = None,
+        gate_state_dim: int | None = None,
+        beta: float = 1.0,
+        action_key: NestedKey | None = None,
+        hmc_key: NestedKey = "hmc",
+        flow: HamiltonianFlow | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(policy, ProbabilisticTensorDictSequential):
+            raise TypeError(
+                "policy must be a tensordict ProbabilisticTensorDictSequential (e.g. torchrl's "
+                f"ProbabilisticActor), got {type(policy).__name__}."
+            )
+        dist_class = _probabilistic_module(policy).distribution_class
+        if not (isinstance(dist_class, type) and issubclass(dist_class, _GAUSSIAN_CLASSES)):
+            raise ValueError(
+                "the policy's distribution must be Gaussian in the unsquashed space (TanhNormal, "
+                f"IndependentNormal or Normal), got {getattr(dist_class, '__name__', dist_class)}."
+            )
+        if action_key is None:
+            action_key = policy.dist_sample_keys[0]
+        if action_key not in critic.in_keys:
+            raise ValueError(
+                f"the critic must read the action key {action_key!r}; its in_keys are "
+                f"{critic.in_keys}. Pass action_key=... or build the critic on that key."
+            )
+        if len(critic.out_keys) < 1:
+            raise ValueError("the critic writes no output key; it must write a state-action value.")
+        action_spec = self._resolve_action_spec(policy, action_spec, action_key)
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be finite and > 0, got beta={beta!r}.")
+        if gate_state_key is not None and gate_state_dim is None:
+            raise ValueError("gate_state_key was given without gate_state_dim (its width).")
+
+        action_dim = action_spec.shape[-1]
+        if flow is None:
+            flow = HamiltonianFlow(
+                action_dim,
+                num_steps=num_steps,
+                step_size=step_size,
+                gated=gated,
+                gate_hidden=gate_hidden,
+                state_dim=gate_state_dim if gate_state_key is not None else 0,
+            )
+        elif flow.action_dim != action_dim:
+            raise ValueError(
+                f"flow.action_dim={flow.action_dim} does not match the action spec's {action_dim}."
+            )
+
+        self.policy = policy
+        self.critic = critic
+        self.flow = flow
+        # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
+        self.prior = copy.deepcopy(policy).requires_grad_(False)
+        self.register_module("critic_params", None)
+        self.register_buffer("beta", torch.tensor(float(beta)))
+        self.register_buffer("action_low", action_spec.space.low.detach().clone().float())
+        self.register_buffer("action_high", action_spec.space.high.detach().clone().float())
+
+        self.action_key = action_key
+        self.value_key = critic.out_keys[0]
+        self.gate_state_key = gate_state_key
+        self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
+        hmc_key = (hmc_key,) if isinstance(hmc_key, str) else tuple(hmc_key)
+        self.hmc_keys = {
+            name: (*hmc_key, name)
+            for name in ("u0", "rho0", "uK", "rhoK", "u0_log_prob", "divergent")
+        }
+        extra = [gate_state_key] if gate_state_key is not None else []
+        self.in_keys = _unique([*policy.in_keys, *self._critic_state_keys, *extra])
+        self.out_keys = [action_key, *self.hmc_keys.values()]
+
+    @staticmethod
+    def _resolve_action_spec(
+        policy: nn.Module, action_spec: TensorSpec | None, action_key: NestedKey
+    ) -> Bounded:
+        if action_spec is None:
+            spec = getattr(policy, "spec", None)
+            if isinstance(spec, Composite) and action_key in spec.keys(True):
+                action_spec = spec[action_key]
+            elif isinstance(spec, TensorSpec) and not isinstance(spec, Composite):
+                action_spec = spec
+        if action_spec is None:
+            raise ValueError(
+                "no action spec: pass action_spec=env.action_spec (a Bounded spec), or give the "
+                "policy a spec."
+            )
+        if not isinstance(action_spec, Bounded):
+            raise ValueError(
+                "action_spec must be a Bounded (Box) spec with finite bounds, got "
+                f"{type(action_spec).__name__}: HMC squashes its end point into the box."
+            )
+        low, high = action_spec.space.low, action_spec.space.high
+        if not (low.isfinite().all() and high.isfinite().all() and (high > low).all()):
+            raise ValueError(
+                f"action_spec bounds must be finite with high > low, got low={low}, high={high}."
+            )
+        return action_spec
+
+    # ------------------------------------------------------------------ critic hand-over
+    def bind_critic_params(self, params: TensorDictParams) -> None:
+        """Makes the actor evaluate ``Q`` with ``params`` (the ones a loss trains).
+
+        Args:
+            params: parameters of :attr:`critic` with a leading critic dimension, e.g.
+                ``loss.qvalue_network_params`` of shape ``[num_qvalue_nets]``. The same object is
+                kept (not a copy), so every optimiser step on it is seen by the next action.
+        """
+        if not isinstance(params, TensorDictParams) or params.ndim != 1:
+            raise ValueError(
+                "params must be a TensorDictParams with one leading critic dimension, got "
+                f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
+            )
+        self.critic_params = params
+
+    def critic_value(
+        self,
+        tensordict: TensorDictBase,
+        action: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Tensor:
+        """``Q(s, action)``, shape ``[*batch]``: the minimum over the bound critics.
+
+        Args:
+            tensordict: holds the critic's state keys.
+            action: the (squashed) action.
+            critic_params: overrides the bound parameters (e.g. detached ones in a loss); with
+                a leading dimension the minimum over its entries is taken.
+        """
+        params = self.critic_params if critic_params is None else critic_params
+        td = tensordict.select(*self._critic_state_keys).set(self.action_key, action)
+        if params is None:
+            return self.critic(td).get(self.value_key).squeeze(-1)
+        if params.ndim == 0:
+            return self._critic_with_params(td, params).squeeze(-1)
+        values = torch.vmap(self._critic_with_params, (None, 0), randomness="different")(td, params)
+        return values.min(dim=0).values.squeeze(-1)
+
+    def _critic_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
+        with params.to_module(self.critic):
+            return self.critic(td.copy()).get(self.value_key)
+
+    # ------------------------------------------------------------------ prior
+    @torch.no_grad()
+    def refresh_prior(self) -> None:
+        """Copies the policy's current parameters and buffers into the frozen prior ``theta_t``.
+
+        Call once per policy iteration (one collector batch), not after every SGD step: with
+        ``theta_t = theta`` the KL term of objective (17) has zero expected gradient and stops
+        regularising (DESIGN §1.1).
+        """
+        for target, source in zip(self.prior.parameters(), self.policy.parameters(), strict=True):
+            target.copy_(source)
+        for target, source in zip(self.prior.buffers(), self.policy.buffers(), strict=True):
+            target.copy_(source)
+
+    # ------------------------------------------------------------------ the chain
+    def potential_fn(
+        self,
+        tensordict: TensorDictBase,
+        prior_loc: Tensor,
+        prior_scale: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Callable[[Tensor], Tensor]:
+        """The potential ``U(u) = -(Q(s, squash(u)) / beta + log pi_theta_t(u|s))``.
+
+        ``pi_theta_t``'s parameters depend on the state only, so they are computed once per chain
+        (``prior_loc``, ``prior_scale``) rather than at every leapfrog step.
+        """
+        beta = self.beta
+
+        def potential(u: Tensor) -> Tensor:
+            action = squash(u, self.action_low.to(u.dtype), self.action_high.to(u.dtype))
+            q = self.critic_value(tensordict, action, critic_params)
+            return -(q / beta + normal_log_prob(u, prior_loc, prior_scale))
+
+        return potential
+
+    def sample(
+        self,
+        tensordict: TensorDictBase,
+        *,
+        explore: bool = True,
+        create_graph: bool = False,
+        critic_params: TensorDictBase | None = None,
+    ) -> HMCSample:
+        """Runs policy, prior and chain on ``tensordict`` without writing into it.
+
+        This is what losses call: with ``create_graph=True`` the returned tensors are
+        differentiable w.r.t. the policy (through the reparameterised ``u0`` and the whole
+        chain) and the flow's parameters ``h``.
+
+        Keyword Args:
+            explore: sample ``u0, rho0`` (``True``) or start from ``loc`` with ``rho0 = 0``.
+            create_graph: keep the autograd graph through the chain.
+            critic_params: parameters for ``Q`` in the potential (default: the bound ones).
+                Losses pass detached parameters so that the policy term never reaches the critic.
+        """
+        policy_in = tensordict.select(*self.policy.in_keys)
+        loc, scale = _gaussian_params(self.policy.get_dist(policy_in.copy()))
+        prior_loc, prior_scale = _gaussian_params(self.prior.get_dist(policy_in.copy()))
+        if explore:
+            u0 = loc + scale * torch.randn_like(loc)
+            rho0 = torch.randn_like(loc)
+        else:
+            u0, rho0 = loc, torch.zeros_like(loc)
+        state = tensordict.get(self.gate_state_key) if self.gate_state_key is not None else None
+        potential = self.potential_fn(tensordict, prior_loc, prior_scale, critic_params)
+        out = self.flow(u0, rho0, potential, state=state, create_graph=create_graph)
+        if out.divergent.any():
+            logger.warning(
+                "HMC chain diverged for %d of %d samples; they fall back to u0.",
+                int(out.divergent.sum()),
+                out.divergent.numel(),
+            )
+        action = squash(out.position, self.action_low.to(loc.dtype), self.action_high.to(loc.dtype))
+        return HMCSample(
+            action=action,
+            u0=u0,
+            rho0=rho0,
+            uK=out.position,
+            rhoK=out.momentum,
+            log_prob=normal_log_prob(u0, loc, scale),
+            loc=loc,
+            scale=scale,
+            prior_loc=prior_loc,
+            prior_scale=prior_scale,
+            divergent=out.divergent,
+        )
+
+    @property
+    def default_interaction_type(self) -> InteractionType:
+        """The wrapped policy's default, used when no interaction type is set."""
+        return self.policy.default_interaction_type
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        mode = interaction_type()
+        if mode is None:
+            mode = self.default_interaction_type
+        with torch.no_grad():
+            out = self.sample(tensordict, explore=mode == InteractionType.RANDOM)
+        tensordict.set(self.action_key, out.action)
+        keys = self.hmc_keys
+        tensordict.set(keys["u0"], out.u0)
+        tensordict.set(keys["rho0"], out.rho0)
+        tensordict.set(keys["uK"], out.uK)
+        tensordict.set(keys["rhoK"], out.rhoK)
+        tensordict.set(keys["u0_log_prob"], out.log_prob)
+        tensordict.set(keys["divergent"], out.divergent)
+        return tensordict
