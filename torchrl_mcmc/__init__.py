@@ -5,8 +5,10 @@ Langevin flow (deterministic policies) driven by the critic's gradient refine it
 controller keeps the policy's KL step near a target.
 """
 
+from torchrl_mcmc.control import PIDBetaHook, PIDController
 from torchrl_mcmc.modules import HMCActor, HMCSample
+from torchrl_mcmc.objectives import HMCLoss
 
-__all__ = ["HMCActor", "HMCSample"]
+__all__ = ["HMCActor", "HMCLoss", "HMCSample", "PIDBetaHook", "PIDController"]
 
 __version__ = "0.1.0"
