@@ -1,0 +1,315 @@
+"""HMCLoss: gradient isolation, the critic hand-over, keys, and real training loops."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import make_critic, make_policy
+from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
+from torchrl.objectives import SoftUpdate
+from torchrl.trainers import ReplayBufferTrainer, TargetNetUpdaterHook, Trainer
+
+from torchrl_mcmc import HMCActor, HMCLoss, PIDBetaHook, PIDController
+from torchrl_mcmc.mcmc import normal_log_prob, squash, standard_normal_log_prob
+
+OBS, ACT = 4, 2
+
+
+def _loss(**kwargs) -> HMCLoss:
+    actor = HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT), num_steps=3)
+    loss = HMCLoss(actor, **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+def _batch(batch: int = 32) -> TensorDict:
+    return TensorDict(
+        {
+            "observation": torch.randn(batch, OBS),
+            "action": torch.rand(batch, ACT) * 2 - 1,
+            "next": {
+                "observation": torch.randn(batch, OBS),
+                "reward": torch.randn(batch, 1),
+                "done": torch.zeros(batch, 1, dtype=torch.bool),
+                "terminated": torch.zeros(batch, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[batch],
+    )
+
+
+def _grad_norms(loss: HMCLoss) -> dict[str, float]:
+    def norm(params):
+        return sum(p.grad.abs().sum().item() for p in params if p.grad is not None)
+
+    return {
+        "policy": norm(loss.policy_parameters()),
+        "hmc": norm(loss.hmc_parameters()),
+        "critic": norm(loss.critic_parameters()),
+        "target": norm(loss.target_qvalue_network_params.values(True, True)),
+        "prior": norm(loss.actor.prior.parameters()),
+        "critic_module": norm(loss.actor.critic.parameters()),
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "reached"),
+    [
+        ("alternating", "loss_actor", {"policy"}),
+        ("alternating", "loss_hmc", {"hmc"}),
+        ("alternating", "loss_qvalue", {"critic"}),
+        ("joint", "loss_actor", {"policy", "hmc"}),
+        ("joint", "loss_qvalue", {"critic"}),
+    ],
+)
+def test_each_loss_reaches_exactly_its_parameters(mode: str, key: str, reached: set) -> None:
+    loss = _loss(update_mode=mode)
+    batch = _batch()
+    before = batch.clone()
+    out = loss(batch)
+    out[key].backward()
+    norms = _grad_norms(loss)
+    for group, value in norms.items():
+        if group in reached:
+            assert value > 0, (key, group)
+        else:
+            assert value == 0, (key, group)
+    # Parameters that must never receive gradients do not even require them.
+    assert not any(p.requires_grad for p in loss.actor.prior.parameters())
+    assert not any(p.requires_grad for p in loss.target_qvalue_network_params.values(True, True))
+    # The input tensordict is unchanged.
+    assert set(batch.keys(True, True)) == set(before.keys(True, True))
+    torch.testing.assert_close(batch, before, rtol=0, atol=0)
+
+
+def test_joint_mode_has_no_separate_hmc_loss() -> None:
+    out = _loss(update_mode="joint")(_batch())
+    assert "loss_hmc" not in out
+    assert {"beta", "policy_distance", "elbo_gap", "num_divergent"} <= set(out.keys())
+
+
+def test_actor_acts_with_the_trained_critic() -> None:
+    loss = _loss()
+    actor = loss.actor
+    batch = _batch()
+    states, action = batch.select("observation"), torch.rand(32, ACT) * 2 - 1
+    stale = actor.critic(states.clone().set("action", action))["state_action_value"].squeeze(-1)
+    before = actor.critic_value(states, action)
+    optim = torch.optim.Adam(loss.critic_parameters(), lr=1e-2)
+    optim.zero_grad()
+    loss(batch)["loss_qvalue"].backward()
+    optim.step()
+    after = actor.critic_value(states, action)
+    assert not torch.allclose(after, before)
+    # Exactly the min over the loss's trained critics, not the original module's weights.
+    trained = loss._qvalues(states, action, loss.qvalue_network_params).min(0).values
+    torch.testing.assert_close(after, trained)
+    assert not torch.allclose(after, stale)
+    # And the potential the chain descends moves with it.
+    prior_loc, prior_scale = torch.zeros(32, ACT), torch.ones(32, ACT)
+    u = torch.randn(32, ACT)
+    expected = -(
+        loss._qvalues(states, squash(u, -1.0, 1.0), loss.qvalue_network_params).min(0).values
+        / actor.beta
+        + normal_log_prob(u, prior_loc, prior_scale)
+    )
+    torch.testing.assert_close(actor.potential_fn(states, prior_loc, prior_scale)(u), expected)
+
+
+def test_objective_and_distance_match_eq_17_by_hand() -> None:
+    loss = _loss()
+    batch = _batch()
+    torch.manual_seed(3)
+    out, states, _ = loss._chain(batch, None)
+    q = loss._qvalues(states, out.action, loss.qvalue_network_params).min(0).values
+    log_prior_uK = normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
+    beta = loss.beta
+    expected = (
+        q - beta * (out.log_prob - log_prior_uK) - beta / 2 * (out.rhoK**2).sum(-1)
+    ).detach()
+    torch.testing.assert_close(loss._objective(states, out).detach(), expected)
+    distance = loss._diagnostics(states, out)["policy_distance"]
+    by_hand = (
+        out.log_prob
+        + standard_normal_log_prob(out.rho0)
+        - log_prior_uK
+        - standard_normal_log_prob(out.rhoK)
+    ).mean()
+    torch.testing.assert_close(distance, by_hand.detach())
+
+
+def test_beta_is_shared_schedulable_and_checkpointed() -> None:
+    loss = _loss()
+    loss.beta = 0.25
+    assert loss.actor.beta.item() == 0.25
+    assert loss(_batch())["beta"].item() == 0.25
+    state = loss.state_dict()
+    other = _loss()
+    other.load_state_dict(state)
+    assert other.beta.item() == 0.25
+    with pytest.raises(ValueError, match="beta"):
+        loss.beta = 0.0
+
+
+def test_refresh_prior_is_explicit() -> None:
+    loss = _loss()
+    optim = torch.optim.Adam(loss.policy_parameters(), lr=1e-2)
+    loss(_batch())["loss_actor"].backward()
+    optim.step()
+    prior = [p.clone() for p in loss.actor.prior.parameters()]
+    policy = list(loss.policy_parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(prior, policy, strict=True))
+    loss.refresh_prior()
+    assert all(
+        torch.equal(a, b) for a, b in zip(loss.actor.prior.parameters(), policy, strict=True)
+    )
+
+
+def test_auxiliary_target_entropy_changes_the_target() -> None:
+    batch = _batch()
+    values = {}
+    for mode in ("none", "auxiliary"):
+        torch.manual_seed(0)
+        loss = _loss(target_entropy=mode)
+        torch.manual_seed(1)
+        values[mode] = loss._next_state_value(batch)
+    assert not torch.allclose(values["none"], values["auxiliary"])
+
+
+def test_set_keys_renames_work_end_to_end() -> None:
+    obs, act = ("agent", "obs"), ("agent", "act")
+    actor = HMCActor(
+        make_policy(OBS, ACT, obs_key=obs, action_key=act),
+        make_critic(OBS, ACT, obs_key=obs, action_key=act),
+        num_steps=2,
+    )
+    loss = HMCLoss(actor)
+    loss.set_keys(reward=("agent", "rew"), done=("agent", "done"), terminated=("agent", "term"))
+    loss.make_value_estimator(gamma=0.9)
+    assert loss.tensor_keys.action == act
+    batch = TensorDict(
+        {
+            "agent": {"obs": torch.randn(8, OBS), "act": torch.rand(8, ACT)},
+            "next": {
+                "agent": {
+                    "obs": torch.randn(8, OBS),
+                    "rew": torch.randn(8, 1),
+                    "done": torch.zeros(8, 1, dtype=torch.bool),
+                    "term": torch.zeros(8, 1, dtype=torch.bool),
+                }
+            },
+        },
+        batch_size=[8],
+    )
+    out = loss(batch)
+    assert all(out[k].isfinite() for k in ("loss_actor", "loss_hmc", "loss_qvalue"))
+    assert ("next", "agent", "rew") in loss.in_keys
+    with pytest.raises(ValueError, match="rewrd"):
+        loss.set_keys(rewrd="r")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"update_mode": "sequential"}, "update_mode='sequential'"),
+        ({"target_entropy": "sac"}, "target_entropy='sac'"),
+        ({"num_qvalue_nets": 0}, "num_qvalue_nets"),
+        ({"loss_function": "huber"}, "huber"),
+    ],
+)
+def test_bad_loss_arguments(kwargs, match) -> None:
+    actor = HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT))
+    with pytest.raises(ValueError, match=match):
+        HMCLoss(actor, **kwargs)
+
+
+# ---------------------------------------------------------------------------- training loops
+PID = {"target": 1.0, "kp": 0.5, "ki": 0.1, "kd": 0.0, "beta_init": 1.0, "beta_min": 0.05}
+PID["beta_max"] = 20.0
+
+
+def _pendulum_setup():
+    env = TransformedEnv(GymEnv("Pendulum-v1"), DoubleToFloat())
+    env.set_seed(0)
+    actor = HMCActor(
+        make_policy(3, 1, low=-2.0, high=2.0, hidden=64),
+        make_critic(3, 1, hidden=64),
+        action_spec=env.action_spec,
+        num_steps=3,
+    )
+    loss = HMCLoss(actor)
+    loss.make_value_estimator(gamma=0.99)
+    collector = Collector(
+        env, actor, frames_per_batch=500, total_frames=3000, auto_register_policy_transforms=False
+    )
+    buffer = ReplayBuffer(storage=LazyTensorStorage(3000), batch_size=128)
+    return actor, loss, collector, buffer
+
+
+def test_plain_loop_on_pendulum_with_pid() -> None:
+    _actor, loss, collector, buffer = _pendulum_setup()
+    updater = SoftUpdate(loss, eps=0.995)
+    optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
+    pid = PIDController(**PID)
+    betas, distances, frames = [], [], 0
+    for batch in collector:
+        frames += batch.numel()
+        buffer.extend(batch.reshape(-1))
+        loss.refresh_prior()
+        batch_distances = []
+        for _ in range(16):
+            out = loss(buffer.sample())
+            for key in ("loss_actor", "loss_hmc", "loss_qvalue"):
+                assert out[key].isfinite(), (key, out)
+            optim.zero_grad()
+            (out["loss_actor"] + out["loss_hmc"] + out["loss_qvalue"]).backward()
+            optim.step()
+            updater.step()
+            batch_distances.append(out["policy_distance"].item())
+        distances.append(sum(batch_distances) / len(batch_distances))
+        loss.beta = pid.update(distances[-1])  # the one line a custom loop needs
+        betas.append(loss.beta.item())
+    collector.shutdown()
+    assert frames == 3000
+    assert all(PID["beta_min"] <= b <= PID["beta_max"] for b in betas)
+    # beta responds to the measured distance exactly as the controller's rule says.
+    replay = PIDController(**PID)
+    assert betas == pytest.approx([replay.update(d) for d in distances], rel=1e-6)
+    assert len(set(betas)) > 1 and betas[-1] != PID["beta_init"]
+
+
+def test_torchrl_trainer_with_pid_hook_on_pendulum() -> None:
+    _actor, loss, collector, buffer = _pendulum_setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(
+            collector=collector,
+            total_frames=3000,
+            frame_skip=1,
+            optim_steps_per_batch=8,
+            loss_module=loss,
+            optimizer=torch.optim.Adam(loss.parameters(), lr=3e-4),
+            progress_bar=False,
+            log_interval=0,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ReplayBufferTrainer(buffer, batch_size=128, flatten_tensordicts=True).register(trainer)
+    TargetNetUpdaterHook(SoftUpdate(loss, eps=0.995)).register(trainer, "target_net_updater")
+    trainer.register_op("pre_optim_steps", loss.refresh_prior)
+    hook = PIDBetaHook(loss, PIDController(**PID))
+    hook.register(trainer)
+    trainer.train()
+    assert hook.controller.num_updates == 6  # once per collected batch
+    betas = trainer._log_dict["pid_beta"]
+    assert len(betas) == 6 and all(PID["beta_min"] <= b <= PID["beta_max"] for b in betas)
+    assert loss.beta.item() == pytest.approx(betas[-1], rel=1e-6)
+    replay = PIDController(**PID)
+    distances = trainer._log_dict["pid_distance"]
+    assert betas == pytest.approx([replay.update(d) for d in distances], rel=1e-5)
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in trainer._log_dict["loss_actor"])

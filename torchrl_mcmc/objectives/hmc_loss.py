@@ -1,0 +1,430 @@
+"""``HMCLoss``: objective (17) for an :class:`~torchrl_mcmc.HMCActor`, with twin critics.
+
+Paper eqs. 11, 15–17 and §4.1; DESIGN §1.1, §1.3, §1.4.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey, unravel_key
+from torch import Tensor, nn
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+
+from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, standard_normal_log_prob
+from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
+
+__all__ = ["HMCLoss"]
+
+logger = logging.getLogger(__name__)
+
+UpdateMode = Literal["alternating", "joint"]
+TargetEntropy = Literal["none", "auxiliary"]
+
+
+class HMCLoss(LossModule):
+    """Objective (17) of MCMC policy optimisation, as a TorchRL loss.
+
+    Per state, with ``(uK, rhoK)`` the end of the actor's chain started at
+    ``u0 ~ pi_theta(.|s)``, ``rho0 ~ N(0, I)``:
+
+    .. code-block:: text
+
+        J = Q(s, squash(uK)) - beta * [log pi_theta(u0|s) - log pi_theta_t(uK|s)]
+            - beta / 2 * rhoK . rhoK
+
+    (the ``+ beta/2 rho0.rho0`` term is constant). Gradients reach the policy ``theta`` through
+    the reparameterised ``u0`` and the whole chain (double backward), and the HMC parameters
+    ``h`` (step sizes, gates) through the chain. The critic is detached in ``J``; the prior
+    ``theta_t`` is frozen and refreshed by :meth:`refresh_prior` once per policy iteration.
+
+    Outputs of :meth:`forward`:
+
+    * ``loss_actor``: ``-J`` for ``theta``. In ``"alternating"`` mode (eq. 11) it reaches
+      ``theta`` only; in ``"joint"`` mode it reaches ``theta`` and ``h``.
+    * ``loss_hmc``: ``-J`` for ``h`` only (``"alternating"`` mode; absent in ``"joint"``).
+    * ``loss_qvalue``: twin-critic TD loss; the next action comes from the chain on ``s'``.
+    * detached diagnostics: ``beta``, ``policy_distance`` (``D_HMC`` of §4.1, what the PID
+      controller reads), ``elbo_gap`` (ELBO at the chain's end minus at its start, in units of
+      ``Q / beta``), ``critic_gain`` (``Q(s, aK) - Q(s, a0)``), ``num_divergent``,
+      ``base_entropy`` (of ``pi_theta`` in the unsquashed space; watch it for collapse),
+      ``step_size`` (mean ``eps``), ``td_error``.
+
+    Alternating updates: ``forward`` gives isolated gradients evaluated at the current
+    ``(theta, h)``; for the strictly sequential scheme of eq. 11 call :meth:`actor_loss`, step
+    the policy optimiser, then :meth:`hmc_loss` and step the HMC optimiser.
+
+    ``beta`` is the actor's buffer, exposed here: ``loss.beta = 0.5`` (or a PID controller)
+    writes it in place, so the next action the actor takes and the next loss both use it, and
+    ``state_dict`` carries it (under ``actor.beta``).
+
+    Args:
+        actor: the :class:`~torchrl_mcmc.HMCActor` to train. Its critic's parameters are
+            converted (``convert_to_functional``, ``num_qvalue_nets`` copies, target copies for
+            :class:`~torchrl.objectives.SoftUpdate`) and bound back to the actor, so the actor
+            always acts with the critic this loss trains.
+
+    Keyword Args:
+        num_qvalue_nets: number of critics (2: twin Q, min in targets and in ``U``).
+        loss_function: critic regression loss (``"l2"``, ``"smooth_l1"``, ``"l1"``).
+        update_mode: ``"alternating"`` (eq. 11, the paper's) or ``"joint"`` (one chain, one
+            loss for ``theta`` and ``h``: half the double-backward work).
+        target_entropy: the critic target's entropy-like term. ``"none"``: ``V(s') = Q'(s',
+            aK')`` (MPO-style: the KL to the prior already regularises). ``"auxiliary"``:
+            ``V(s') = Q'(s', aK') - beta [log pi(u0') + log N(rho0') - log N(rhoK')]``, the
+            auxiliary-variable estimate of ``beta * log q_K(aK')`` (DESIGN §1.1).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torch import nn
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor
+        >>> from torchrl.modules import TanhNormal, ValueOperator
+        >>> from torchrl.objectives import SoftUpdate
+        >>> from torchrl_mcmc import HMCActor, HMCLoss
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> policy = ProbabilisticActor(
+        ...     TensorDictModule(nn.Sequential(MLP(in_features=4, out_features=4, num_cells=[32]),
+        ...                                    NormalParamExtractor()),
+        ...                      in_keys=["observation"], out_keys=["loc", "scale"]),
+        ...     in_keys=["loc", "scale"], distribution_class=TanhNormal, spec=spec)
+        >>> critic = ValueOperator(MLP(in_features=6, out_features=1, num_cells=[32]),
+        ...                        in_keys=["observation", "action"])
+        >>> actor = HMCActor(policy, critic, num_steps=3)
+        >>> loss = HMCLoss(actor)
+        >>> loss.make_value_estimator(gamma=0.99)
+        >>> updater = SoftUpdate(loss, eps=0.995)
+        >>> batch = TensorDict({
+        ...     "observation": torch.randn(16, 4), "action": torch.rand(16, 2) * 2 - 1,
+        ...     "next": {"observation": torch.randn(16, 4), "reward": torch.randn(16, 1),
+        ...              "done": torch.zeros(16, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(16, 1, dtype=torch.bool)}}, batch_size=[16])
+        >>> out = loss(batch)
+        >>> sorted(k for k in out.keys() if k.startswith("loss_"))
+        ['loss_actor', 'loss_hmc', 'loss_qvalue']
+        >>> (out["loss_actor"] + out["loss_hmc"] + out["loss_qvalue"]).backward()
+        >>> updater.step()
+        >>> loss.beta = 0.5  # what a PID controller does, in place
+        >>> float(actor.beta)
+        0.5
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys the loss reads, renamable with :meth:`set_keys`.
+
+        Attributes:
+            action: the (squashed) action taken in the environment. Defaults to the actor's.
+            state_action_value: the critic's output key. Defaults to the critic's.
+            value: where the next-state value is written for the value estimator.
+            reward: reward key, under ``"next"``.
+            done: done key, under ``"next"``.
+            terminated: terminated key, under ``"next"``.
+        """
+
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        value: NestedKey = "state_value"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
+
+    actor_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    qvalue_network: TensorDictModule
+    qvalue_network_params: TensorDictParams
+    target_qvalue_network_params: TensorDictParams
+
+    def __init__(
+        self,
+        actor: HMCActor,
+        *,
+        num_qvalue_nets: int = 2,
+        loss_function: str = "l2",
+        update_mode: UpdateMode = "alternating",
+        target_entropy: TargetEntropy = "none",
+    ) -> None:
+        if not isinstance(actor, HMCActor):
+            raise TypeError(f"actor must be an HMCActor, got {type(actor).__name__}.")
+        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
+            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}.")
+        if update_mode not in ("alternating", "joint"):
+            raise ValueError(
+                f"update_mode must be 'alternating' or 'joint', got update_mode={update_mode!r}."
+            )
+        if target_entropy not in ("none", "auxiliary"):
+            raise ValueError(
+                "target_entropy must be 'none' or 'auxiliary', got "
+                f"target_entropy={target_entropy!r}."
+            )
+        if loss_function not in ("l2", "smooth_l1", "l1"):
+            raise ValueError(
+                f"loss_function must be 'l2', 'smooth_l1' or 'l1', got {loss_function!r}."
+            )
+        self._in_keys = None
+        super().__init__()
+        self.actor = actor
+        self.num_qvalue_nets = num_qvalue_nets
+        self.loss_function = loss_function
+        self.update_mode = update_mode
+        self.target_entropy = target_entropy
+        # theta: the policy's own Parameter objects (no copy), so the actor trains with them.
+        self.convert_to_functional(actor.policy, "actor_network", create_target_params=False)
+        # The critics: num_qvalue_nets fresh copies plus Polyak targets, handed back to the
+        # actor so that collection uses exactly the parameters trained here (DESIGN §1.1).
+        self.convert_to_functional(
+            actor.critic, "qvalue_network", num_qvalue_nets, create_target_params=True
+        )
+        actor.bind_critic_params(self.qvalue_network_params)
+        self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
+        self.set_keys(action=actor.action_key, state_action_value=actor.value_key)
+
+    # ------------------------------------------------------------------ beta
+    @property
+    def beta(self) -> Tensor:
+        """The KL multiplier (the actor's buffer, shared, written in place)."""
+        return self.actor.beta
+
+    @beta.setter
+    def beta(self, value: float | Tensor) -> None:
+        value = torch.as_tensor(value, dtype=self.actor.beta.dtype)
+        if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
+            raise ValueError(f"beta must be a finite scalar > 0, got {value}.")
+        self.actor.beta.copy_(value.reshape(()))
+
+    # ------------------------------------------------------------------ parameter groups
+    def policy_parameters(self) -> Iterator[nn.Parameter]:
+        """``theta``: the base policy's parameters."""
+        return iter(list(self.actor_network_params.values(True, True)))
+
+    def hmc_parameters(self) -> Iterator[nn.Parameter]:
+        """``h``: the chain's step sizes and gate nets."""
+        return self.actor.flow.parameters()
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """The trained critics (not their targets)."""
+        return iter(list(self.qvalue_network_params.values(True, True)))
+
+    def refresh_prior(self) -> None:
+        """Copies ``theta`` into the frozen prior ``theta_t``; once per policy iteration."""
+        self.actor.refresh_prior()
+
+    # ------------------------------------------------------------------ TorchRL plumbing
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value_target": "value_target",
+                "value": self.tensor_keys.value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hp,
+        )
+
+    def _set_in_keys(self) -> None:
+        state_keys = list(self.actor.in_keys)
+        keys = [
+            self.tensor_keys.action,
+            *state_keys,
+            *[("next", k) for k in state_keys],
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+        ]
+        self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values) -> None:
+        self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_actor", "loss_qvalue"]
+        if self.update_mode == "alternating":
+            keys.insert(1, "loss_hmc")
+        return [*keys, *self._DIAGNOSTICS]
+
+    _DIAGNOSTICS = (
+        "beta",
+        "policy_distance",
+        "elbo_gap",
+        "critic_gain",
+        "num_divergent",
+        "base_entropy",
+        "step_size",
+        "td_error",
+    )
+
+    # ------------------------------------------------------------------ critics
+    def _qvalue_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
+        with params.to_module(self.qvalue_network):
+            return self.qvalue_network(td.copy()).get(self.tensor_keys.state_action_value)
+
+    def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
+        """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
+        td = td.select(*self.qvalue_network.in_keys, strict=False)
+        td.set(self.tensor_keys.action, action)
+        return self._vmap_qvalue(td, params).squeeze(-1)
+
+    # ------------------------------------------------------------------ objective (17)
+    def _chain(
+        self, tensordict: TensorDictBase, freeze: Literal["h", "theta"] | None
+    ) -> tuple[HMCSample, TensorDictBase, Tensor]:
+        """A differentiable chain; ``freeze`` names the parameters it must not reach.
+
+        Returns the sample, the states it belongs to and the number of divergent chains.
+        """
+        critic = self.qvalue_network_params.detach()
+        if freeze == "h":
+            frozen = TensorDict.from_module(self.actor.flow).detach()
+            with frozen.to_module(self.actor.flow):
+                return self._guarded_sample(tensordict, critic)
+        if freeze == "theta":
+            with self.actor_network_params.detach().to_module(self.actor_network):
+                return self._guarded_sample(tensordict, critic)
+        return self._guarded_sample(tensordict, critic)
+
+    def _guarded_sample(
+        self, tensordict: TensorDictBase, critic: TensorDictBase
+    ) -> tuple[HMCSample, TensorDictBase, Tensor]:
+        out = self.actor.sample(tensordict, explore=True, create_graph=True, critic_params=critic)
+        num_divergent = out.divergent.sum()
+        if num_divergent:
+            # A diverged chain's backward multiplies zero upstream gradients by non-finite local
+            # derivatives (0 * inf = nan) and would poison every parameter's gradient. Redraw
+            # for the other states only; states that diverge again are dropped too.
+            tensordict = tensordict[~out.divergent]
+            out = self.actor.sample(
+                tensordict, explore=True, create_graph=True, critic_params=critic
+            )
+            num_divergent = num_divergent + out.divergent.sum()
+            if out.divergent.any():
+                tensordict = tensordict[~out.divergent]
+                out = HMCSample(*(t[~out.divergent] for t in out))
+        return out, tensordict, num_divergent
+
+    def _objective(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
+        """Per-state ``J`` of eq. 17 (critic detached, prior frozen)."""
+        q = self._qvalues(tensordict, out.action, self.qvalue_network_params.detach()).min(0).values
+        kl = out.log_prob - normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
+        return q - self.beta * kl - 0.5 * self.beta * out.rhoK.pow(2).sum(-1)
+
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
+        freeze = "h" if self.update_mode == "alternating" else None
+        out, states, num_divergent = self._chain(tensordict, freeze)
+        metadata = self._diagnostics(states, out)
+        metadata["num_divergent"] = num_divergent.to(metadata["elbo_gap"].dtype)
+        return -self._objective(states, out).mean(), metadata
+
+    def hmc_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``-J`` for ``h`` only: the step sizes and gate nets."""
+        out, states, _ = self._chain(tensordict, "theta")
+        return -self._objective(states, out).mean(), {}
+
+    @torch.no_grad()
+    def _diagnostics(self, tensordict: TensorDictBase, out: HMCSample) -> dict[str, Tensor]:
+        beta = self.beta
+        log_prior_u0 = normal_log_prob(out.u0, out.prior_loc, out.prior_scale)
+        log_prior_uK = normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
+        log_rho0 = standard_normal_log_prob(out.rho0)
+        log_rhoK = standard_normal_log_prob(out.rhoK)
+        params = self.qvalue_network_params
+        low, high = self.actor.action_low, self.actor.action_high
+        q_start = self._qvalues(tensordict, squash(out.u0, low, high), params).min(0).values
+        q_end = self._qvalues(tensordict, out.action, params).min(0).values
+        # ELBO (eq. 15) in units of Q / beta, at the chain's end and at its start (K = 0).
+        elbo_end = q_end / beta + log_prior_uK + log_rhoK - out.log_prob - log_rho0
+        elbo_start = q_start / beta + log_prior_u0 - out.log_prob
+        entropy = (0.5 * (1.0 + torch.log(2 * torch.pi * out.scale.pow(2)))).sum(-1)
+        return {
+            "policy_distance": (out.log_prob + log_rho0 - log_prior_uK - log_rhoK).mean(),
+            "elbo_gap": (elbo_end - elbo_start).mean(),
+            "critic_gain": (q_end - q_start).mean(),
+            "base_entropy": entropy.mean(),
+            "step_size": self.actor.flow.step_size.mean(),
+        }
+
+    # ------------------------------------------------------------------ critic loss
+    @torch.no_grad()
+    def _next_state_value(self, tensordict: TensorDictBase) -> Tensor:
+        """``V(s')`` from the chain on the next states and the target critics."""
+        next_td = tensordict.get("next")
+        out = self.actor.sample(next_td, explore=True, critic_params=self.qvalue_network_params)
+        value = self._qvalues(next_td, out.action, self.target_qvalue_network_params).min(0).values
+        if self.target_entropy == "auxiliary":
+            log_q = (
+                out.log_prob
+                + standard_normal_log_prob(out.rho0)
+                - standard_normal_log_prob(out.rhoK)
+            )
+            value = value - self.beta * log_q
+        return value
+
+    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """Twin-critic TD loss; the target action is the chain's on ``s'``."""
+        target_td = tensordict.select(*self.in_keys, strict=False).copy()
+        target_td.set(
+            ("next", self.tensor_keys.value),
+            self._next_state_value(tensordict).unsqueeze(-1),
+        )
+        target = self.value_estimator.value_estimate(target_td).squeeze(-1).detach()
+        action = tensordict.get(self.tensor_keys.action)
+        pred = self._qvalues(tensordict, action, self.qvalue_network_params)
+        loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function)
+        td_error = (pred - target).abs().max(0).values.detach()
+        return loss.sum(0).mean(), {"td_error": td_error}
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
+        loss_actor, metadata = self.actor_loss(tensordict)
+        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
+        if self.update_mode == "alternating":
+            out["loss_hmc"], _ = self.hmc_loss(tensordict)
+        out.update(metadata)
+        out["td_error"] = q_meta["td_error"].mean()
+        out["beta"] = self.beta.detach().clone()
+        return TensorDict(out, batch_size=[])
