@@ -1,0 +1,205 @@
+"""Factories shared by every example script: environments, networks, collectors, buffers, losses.
+
+Modelled on TorchRL's ``sota-implementations/sac/utils.py``: each ``make_*`` takes the Hydra
+config and returns a TorchRL object, so that ``sac.py`` and ``hmc_sac.py`` (and the TD3 pair)
+build identical environments, networks, collection, replay and evaluation, and differ only in
+the method.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import gymnasium as gym
+import torch
+from omegaconf import DictConfig
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import (
+    Compose,
+    DoubleToFloat,
+    EnvBase,
+    GymEnv,
+    InitTracker,
+    RewardSum,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+from torchrl.modules import ValueOperator
+
+logger = logging.getLogger("torchrl_mcmc.examples")
+
+#: Tasks with a config in ``config/env``; ``-v5`` names of the same tasks work through
+#: ``env.name=...``. Any other registered Gymnasium id works too, given a config file.
+KNOWN_ENVS = (
+    "Pendulum-v1",
+    "InvertedDoublePendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, caught before any work starts."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda[:N].") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is unavailable: torch sees no CUDA device here.")
+    return device
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Fails fast, before anything is built or written, on values that cannot work."""
+    if cfg.env.name not in gym.registry:
+        raise ConfigError(
+            f"unknown env {cfg.env.name!r}: not a registered Gymnasium id. Known configs: "
+            f"{', '.join(KNOWN_ENVS)} (-v5 ids of these work too, via env.name=...)."
+        )
+    positive = {
+        "collector.total_frames": cfg.collector.total_frames,
+        "collector.frames_per_batch": cfg.collector.frames_per_batch,
+        "collector.num_workers": cfg.collector.num_workers,
+        "replay.batch_size": cfg.replay.batch_size,
+        "replay.size": cfg.replay.size,
+        "eval.episodes": cfg.eval.episodes,
+        "optim.lr": cfg.optim.lr,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value}.")
+    if cfg.collector.init_random_frames < 0:
+        raise ConfigError(
+            f"collector.init_random_frames must be >= 0, got {cfg.collector.init_random_frames}."
+        )
+    if not cfg.optim.utd_ratio > 0:
+        raise ConfigError(f"optim.utd_ratio must be > 0, got {cfg.optim.utd_ratio}.")
+    if "hmc" in cfg and cfg.hmc.num_steps < 0:
+        raise ConfigError(f"hmc.num_steps (K) must be >= 0, got {cfg.hmc.num_steps}.")
+    if "pid" in cfg and not cfg.pid.target > 0:
+        raise ConfigError(f"pid.target must be > 0, got {cfg.pid.target}.")
+    resolve_device(cfg.device)
+
+
+# ---------------------------------------------------------------------------- environments
+def make_env(cfg: DictConfig, device: torch.device | str = "cpu", from_pixels: bool = False):
+    """One Gymnasium env with TorchRL's usual transforms (float32 obs, episode reward, steps)."""
+    kwargs = {"render_mode": "rgb_array"} if from_pixels else {}
+    env = GymEnv(cfg.env.name, device=device, **kwargs)
+    return TransformedEnv(
+        env,
+        Compose(
+            InitTracker(),
+            StepCounter(cfg.env.max_episode_steps),
+            DoubleToFloat(),
+            RewardSum(),
+        ),
+    )
+
+
+def make_train_env_factory(cfg: DictConfig):
+    """A picklable env constructor for (multi-process) collectors."""
+    return functools.partial(make_env, cfg, "cpu")
+
+
+# ---------------------------------------------------------------------------- networks
+def _mlp(cfg: DictConfig, in_features: int, out_features: int) -> MLP:
+    return MLP(
+        in_features=in_features,
+        out_features=out_features,
+        num_cells=list(cfg.network.hidden),
+        activation_class=_ACTIVATIONS[cfg.network.activation],
+    )
+
+
+def make_stochastic_policy(cfg: DictConfig, env: EnvBase) -> ProbabilisticActor:
+    """The SAC policy: ``obs -> (loc, scale)`` MLP and a ``TanhNormal`` to the action bounds."""
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    spec = env.action_spec
+    net = nn.Sequential(
+        _mlp(cfg, obs_dim, 2 * spec.shape[-1]),
+        NormalParamExtractor(scale_mapping=f"biased_softplus_{cfg.network.default_scale}"),
+    )
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+        spec=spec,
+        return_log_prob=False,
+    )
+
+
+def make_critic(cfg: DictConfig, env: EnvBase) -> ValueOperator:
+    """``Q(s, a)``: an MLP on the concatenated observation and action."""
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    return ValueOperator(
+        _mlp(cfg, obs_dim + env.action_spec.shape[-1], 1), in_keys=["observation", "action"]
+    )
+
+
+# ---------------------------------------------------------------------------- data
+def make_collector(cfg: DictConfig, policy: nn.Module, device: torch.device, seed: int):
+    """TorchRL's single-process ``Collector``, or ``MultiSyncCollector`` for several workers.
+
+    ``seed`` seeds the environments (each worker gets its own seed derived from it). The
+    policy's whole state travels to the workers (``TensorDict.from_module(policy)``): for the
+    HMC actor that includes the critic parameters it acts with and the chain's parameters.
+    """
+    common = {
+        "frames_per_batch": cfg.collector.frames_per_batch,
+        "total_frames": cfg.collector.total_frames,
+        "init_random_frames": cfg.collector.init_random_frames,
+        "auto_register_policy_transforms": False,
+    }
+    if cfg.collector.num_workers == 1:
+        env = make_env(cfg, "cpu")
+        # Seed before the collector's first reset: seeding afterwards leaves the first
+        # episode's initial state to chance.
+        env.set_seed(seed)
+        return Collector(env, policy, device=device, **common)
+    collector = MultiSyncCollector(
+        [make_train_env_factory(cfg)] * cfg.collector.num_workers, policy, **common
+    )
+    collector.set_seed(seed)
+    return collector
+
+
+def make_replay_buffer(cfg: DictConfig, device: torch.device) -> TensorDictReplayBuffer:
+    return TensorDictReplayBuffer(
+        storage=LazyTensorStorage(cfg.replay.size, device=device),
+        batch_size=cfg.replay.batch_size,
+    )
+
+
+def set_seeds(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
