@@ -110,7 +110,16 @@ def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
 
 
 def test_hydra_multirun_makes_one_run_directory_per_job(tmp_path: Path) -> None:
-    _run("sac.py", "-m", *SMOKE, "env=Pendulum-v1", "seed=0,1", run_root=tmp_path)
+    _run(
+        "sac.py",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *SMOKE,
+        "env=Pendulum-v1",
+        "seed=0,1",
+        run_root=tmp_path,
+    )
     run_dirs = _run_dirs(tmp_path)
     assert len(run_dirs) == 2
     seeds = sorted(json.loads((d / "summary.json").read_text())["seed"] for d in run_dirs)
