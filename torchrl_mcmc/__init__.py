@@ -6,9 +6,17 @@ controller keeps the policy's KL step near a target.
 """
 
 from torchrl_mcmc.control import PIDBetaHook, PIDController
-from torchrl_mcmc.modules import HMCActor, HMCSample
-from torchrl_mcmc.objectives import HMCLoss
+from torchrl_mcmc.modules import HMCActor, HMCSample, LangevinFlowActor
+from torchrl_mcmc.objectives import HMCLoss, LangevinFlowLoss
 
-__all__ = ["HMCActor", "HMCLoss", "HMCSample", "PIDBetaHook", "PIDController"]
+__all__ = [
+    "HMCActor",
+    "HMCLoss",
+    "HMCSample",
+    "LangevinFlowActor",
+    "LangevinFlowLoss",
+    "PIDBetaHook",
+    "PIDController",
+]
 
 __version__ = "0.1.0"

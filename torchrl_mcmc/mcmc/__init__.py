@@ -14,17 +14,29 @@ from torchrl_mcmc.mcmc.integrators import (
     leapfrog_step,
     potential_grad,
 )
+from torchrl_mcmc.mcmc.langevin import (
+    LangevinCoupling,
+    LangevinFlow,
+    LangevinFlowOutput,
+    alternating_masks,
+    smoothed_norm,
+)
 
 __all__ = [
     "FlowOutput",
     "GradientGate",
     "HamiltonianFlow",
+    "LangevinCoupling",
+    "LangevinFlow",
+    "LangevinFlowOutput",
     "LeapfrogState",
+    "alternating_masks",
     "init_state",
     "integrate",
     "leapfrog_step",
     "normal_log_prob",
     "potential_grad",
+    "smoothed_norm",
     "squash",
     "standard_normal_log_prob",
     "unsquash",

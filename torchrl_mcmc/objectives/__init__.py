@@ -1,5 +1,6 @@
 """The objectives: TorchRL ``LossModule`` s over the actors."""
 
 from torchrl_mcmc.objectives.hmc_loss import HMCLoss
+from torchrl_mcmc.objectives.langevin_loss import LangevinFlowLoss
 
-__all__ = ["HMCLoss"]
+__all__ = ["HMCLoss", "LangevinFlowLoss"]

@@ -1,0 +1,461 @@
+"""``LangevinFlowActor``: a TorchRL deterministic actor whose action is refined by a Langevin flow.
+
+Paper §3.1, eqs. 6–9; DESIGN §1.2.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from tensordict import TensorDictBase, TensorDictParams
+from tensordict.nn import InteractionType, TensorDictModuleBase, TensorDictSequential
+from tensordict.nn.probabilistic import interaction_type
+from tensordict.utils import NestedKey
+from torch import Tensor
+from torchrl.data import Bounded, Composite, TensorSpec
+from torchrl.modules import TanhModule
+
+from torchrl_mcmc.mcmc.gaussian import squash
+from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
+
+__all__ = ["LangevinFlowActor", "LangevinSample", "add_action_noise"]
+
+logger = logging.getLogger(__name__)
+
+
+class LangevinSample(NamedTuple):
+    """Everything one pass of the actor computes, with graphs kept when asked for.
+
+    ``u`` tensors live in the unsquashed space, actions in the action box; shapes ``[*batch, d]``
+    except ``divergent`` (``[*batch]``).
+
+    Attributes:
+        action: ``aK = squash(uK)``, the flow's action (before any exploration noise).
+        u0: the base policy's unsquashed output, ``a0 = squash(u0) = pi_theta(s)``.
+        uK: the flow's end point (``u0`` where it diverged).
+        prior_action: the frozen prior's action ``pi_theta_t(s)``.
+        divergent: ``True`` where the flow produced a non-finite value and fell back to ``u0``.
+    """
+
+    action: Tensor
+    u0: Tensor
+    uK: Tensor
+    prior_action: Tensor
+    divergent: Tensor
+
+
+def add_action_noise(
+    action: Tensor, low: Tensor, high: Tensor, sigma: float | Tensor, clip: float | None = None
+) -> Tensor:
+    """TD3's Gaussian perturbation, in units of the box's half-width, clamped to the box.
+
+    ``action + clamp(sigma * N(0, 1), -clip, clip) * (high - low) / 2``, then clamped to
+    ``[low, high]``. For the usual ``[-1, 1]`` box this is exactly TD3's exploration noise
+    (``clip=None``) and target-policy smoothing noise (``clip=noise_clip``); expressed relative
+    to the half-width, the same numbers suit every box (Pendulum's is ``[-2, 2]``).
+
+    Examples:
+        >>> low, high = torch.tensor([-2.0]), torch.tensor([2.0])
+        >>> noisy = add_action_noise(torch.full((100, 1), 1.9), low, high, sigma=1e4, clip=0.05)
+        >>> noisy.unique()  # 1.9 -+ 0.05 half-widths (0.1), clamped to the box
+        tensor([1.8000, 2.0000])
+    """
+    half_width = 0.5 * (high - low)
+    noise = sigma * torch.randn_like(action)
+    if clip is not None:
+        noise = noise.clamp(-clip, clip)
+    return torch.clamp(action + noise * half_width, low, high)
+
+
+def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
+    out: list[NestedKey] = []
+    for key in keys:
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _tanh_module(policy: TensorDictModuleBase) -> TanhModule:
+    """The ``TanhModule`` that ends ``policy``, or an error saying what was expected."""
+    last = policy[-1] if isinstance(policy, TensorDictSequential) and len(policy.module) else None
+    if not isinstance(last, TanhModule):
+        raise TypeError(
+            "policy must be TorchRL's deterministic TD3 actor: a TensorDictSequential ending in "
+            "a torchrl.modules.TanhModule, e.g. TensorDictSequential(Actor(net, "
+            "out_keys=['param']), TanhModule(['param'], ['action'], spec=action_spec)), without "
+            f"an exploration module (this actor adds its own noise); got {type(policy).__name__}"
+            + (f" ending in {type(last).__name__}." if last is not None else ".")
+        )
+    if len(last.in_keys) != 1 or len(last.out_keys) != 1:
+        raise ValueError(
+            f"the policy's TanhModule must map one key to one key, got in_keys={last.in_keys}, "
+            f"out_keys={last.out_keys}."
+        )
+    return last
+
+
+class LangevinFlowActor(TensorDictModuleBase):
+    """A deterministic actor refined by ``K`` Langevin coupling layers on the critic (§3.1).
+
+    The wrapped TD3 actor proposes ``u0`` (its output *before* its ``TanhModule``, so the flow
+    runs in the unsquashed space), :class:`~torchrl_mcmc.mcmc.LangevinFlow` moves it uphill on
+
+    .. code-block:: text
+
+        U(u) = Q(s, squash(u)) / beta - ||squash(u) - pi_theta_t(s)||_delta,
+
+    and the end point is squashed into the action box: ``aK = squash(uK)``. The sign convention
+    is ascent (``U`` is eq. 6's objective; eq. 9's printed minus would descend it). ``Q`` is the
+    minimum over the critics the actor holds; ``pi_theta_t`` is a frozen snapshot of the policy
+    (the *prior*, refreshed by :meth:`refresh_prior` once per policy iteration).
+
+    Design choices (DESIGN §1.2 leaves them open):
+
+    * **The distance is taken in action space**, between squashed actions: it is then the same
+      quantity as ``D_LD = mean ||aK - pi_theta_t(s)||`` of §4.1 and objective (10), so the flow
+      ascends exactly what the loss scores (``J = beta * U(uK)``), and it does not depend on how
+      far into tanh's flat tails ``u`` has wandered.
+    * ``||.||_delta`` **is the smoothed norm** ``sqrt(||x||^2 + delta^2) - delta``
+      (:func:`~torchrl_mcmc.mcmc.smoothed_norm`, ``delta = distance_smoothing``). Right after a
+      prior refresh the flow starts at ``a0 = pi_theta_t(s)`` exactly, where the plain norm is
+      not differentiable (autograd gives NaN for ``sqrt(sum x^2)``, and NaN second derivatives
+      even for ``torch.linalg.vector_norm``; training differentiates ``grad U`` once more).
+      ``delta`` also bounds the regulariser's curvature by ``1 / delta``: an explicit step
+      ``eps^2 / 2`` on it is stable while ``eps^2 / 2 * half_width^2 / delta < 2``, and the
+      training gradient, which passes through the Jacobian of every layer, stays of the order
+      of TD3's (a tiny ``delta`` makes it explode right after a refresh; the tests check it).
+      The default ``0.01`` (action units) keeps the norm's behaviour for distances well above
+      0.01 and the default step stable on boxes of half-width up to about 2 (Pendulum).
+    * The flow's networks read the state (``state_key``) as context, so ``d = 1`` works.
+
+    Acting follows TorchRL's TD3 exploration: under ``RANDOM`` (what collectors set) or with no
+    interaction type set (as :class:`~torchrl.modules.AdditiveGaussianModule`), Gaussian noise of
+    standard deviation ``exploration_noise`` times the box's half-width is added to ``aK`` and the
+    result clamped to the box; under ``DETERMINISTIC``/``MODE``/``MEAN`` the action is ``aK``,
+    a deterministic function of the state. ``exploration_noise`` is a buffer: anneal it in place
+    (``actor.exploration_noise.fill_(0.05)``); with ``0`` the actor is deterministic in every mode
+    (and a TorchRL ``AdditiveGaussianModule`` can follow it instead). The flow switches autograd
+    on for its own ``grad_u U`` evaluations, so it works inside a collector's
+    :func:`torch.no_grad`; written outputs are detached.
+
+    **The critic the actor sees** is handed over exactly as for
+    :class:`~torchrl_mcmc.HMCActor`: a loss that trains it calls :meth:`bind_critic_params` with
+    the parameters it optimises, which the actor then evaluates and carries in its
+    ``state_dict`` (so weight syncs to collector workers carry them). Until then the actor uses
+    the critic module's own parameters.
+
+    Args:
+        policy: TorchRL's deterministic TD3 actor, a
+            :class:`~tensordict.nn.TensorDictSequential` whose last module is a
+            :class:`~torchrl.modules.TanhModule` (the input key of that ``TanhModule`` is read as
+            ``u0``; its output key is the action key). No exploration module: this actor adds
+            the noise after the flow.
+        critic: a critic (e.g. :class:`~torchrl.modules.ValueOperator`) reading the state and
+            the action key and writing one state-action value.
+
+    Keyword Args:
+        state_dim: width of ``state_key``'s last dimension, read by the flow's networks (``0``:
+            they read the conditioning half of the action only; not allowed when ``d = 1``).
+            Required unless ``flow`` is given.
+        action_spec: the environment's action spec, :class:`~torchrl.data.Bounded` with finite
+            bounds equal to the ``TanhModule``'s. Defaults to the ``TanhModule``'s spec.
+        num_layers: ``K >= 0`` coupling layers (``0``: the plain TD3 actor).
+        step_size: initial ``eps > 0`` of every layer (learned). ``eps^2 / 2`` is the ascent step
+            in ``u`` per unit of gradient, as in a leapfrog step from rest, so ``0.1`` moves a
+            gradient of 20 by 0.1 in ``u``.
+        hidden: hidden width of each layer's network (the paper's small nets).
+        scale_bound: soft bound on the layers' log-scale ``S`` and ``sigma``.
+        state_key: the flow's context; defaults to the policy's only input key.
+        beta: initial multiplier ``beta > 0`` (a buffer a PID controller overwrites).
+        distance_smoothing: ``delta > 0`` of the smoothed norm, in action units.
+        exploration_noise: ``>= 0``, in units of the box's half-width (TD3: 0.1).
+        flow_key: prefix of the flow's outputs (``(flow_key, "uK")`` ...).
+        flow: a prebuilt :class:`~torchrl_mcmc.mcmc.LangevinFlow` (then ``num_layers``,
+            ``step_size``, ``hidden``, ``scale_bound`` and ``state_dim`` come from it).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule, TensorDictSequential
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
+        >>> from torchrl.modules import MLP, TanhModule, ValueOperator
+        >>> from torchrl_mcmc import LangevinFlowActor
+        >>> spec = Bounded(-2.0, 2.0, shape=(1,))
+        >>> policy = TensorDictSequential(  # TorchRL's TD3 actor
+        ...     TensorDictModule(MLP(in_features=3, out_features=1, num_cells=[32]),
+        ...                      in_keys=["observation"], out_keys=["param"]),
+        ...     TanhModule(in_keys=["param"], out_keys=["action"], spec=spec))
+        >>> critic = ValueOperator(MLP(in_features=4, out_features=1, num_cells=[32]),
+        ...                        in_keys=["observation", "action"])
+        >>> actor = LangevinFlowActor(policy, critic, state_dim=3, num_layers=4)
+        >>> td = actor(TensorDict({"observation": torch.randn(8, 3)}, batch_size=[8]))
+        >>> td["action"].shape, bool((td["action"].abs() <= 2).all())
+        (torch.Size([8, 1]), True)
+        >>> with set_exploration_type(ExplorationType.DETERMINISTIC):
+        ...     td = actor(td)
+        >>> from torchrl_mcmc.mcmc import squash
+        >>> torch.equal(td["action"], squash(td["flow", "uK"], -2.0, 2.0))
+        True
+    """
+
+    def __init__(
+        self,
+        policy: TensorDictSequential,
+        critic: TensorDictModuleBase,
+        *,
+        state_dim: int | None = None,
+        action_spec: TensorSpec | None = None,
+        num_layers: int = 4,
+        step_size: float = 0.1,
+        hidden: int = 16,
+        scale_bound: float = 1.0,
+        state_key: NestedKey | None = None,
+        beta: float = 1.0,
+        distance_smoothing: float = 0.01,
+        exploration_noise: float = 0.1,
+        flow_key: NestedKey = "flow",
+        flow: LangevinFlow | None = None,
+    ) -> None:
+        super().__init__()
+        tanh = _tanh_module(policy)
+        action_key = tanh.out_keys[0]
+        if action_key not in critic.in_keys:
+            raise ValueError(
+                f"the critic must read the action key {action_key!r} (the TanhModule's output); "
+                f"its in_keys are {critic.in_keys}."
+            )
+        if len(critic.out_keys) < 1:
+            raise ValueError("the critic writes no output key; it must write a state-action value.")
+        action_spec = self._resolve_action_spec(tanh, action_spec, action_key)
+        for name, value, strict in (
+            ("beta", beta, True),
+            ("distance_smoothing", distance_smoothing, True),
+            ("exploration_noise", exploration_noise, False),
+        ):
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+            if not (ok and (value > 0 if strict else value >= 0)):
+                bound = "> 0" if strict else ">= 0"
+                raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}.")
+
+        action_dim = action_spec.shape[-1]
+        if flow is None:
+            if state_dim is None:
+                raise ValueError(
+                    "state_dim is required: the width of the state the flow's networks read "
+                    "(e.g. env.observation_spec['observation'].shape[-1]), or 0 for none."
+                )
+            flow = LangevinFlow(
+                action_dim,
+                num_layers=num_layers,
+                step_size=step_size,
+                hidden=hidden,
+                state_dim=state_dim,
+                scale_bound=scale_bound,
+            )
+        elif flow.action_dim != action_dim:
+            raise ValueError(
+                f"flow.action_dim={flow.action_dim} does not match the action spec's {action_dim}."
+            )
+        if flow.state_dim and state_key is None:
+            if len(policy.in_keys) != 1:
+                raise ValueError(
+                    f"the policy reads several keys {policy.in_keys}: pass state_key=... (the "
+                    "flat state feature the flow's networks read)."
+                )
+            state_key = policy.in_keys[0]
+
+        self.policy = policy
+        self.critic = critic
+        self.flow = flow
+        # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
+        self.prior = copy.deepcopy(policy).requires_grad_(False)
+        self.register_module("critic_params", None)
+        self.register_buffer("beta", torch.tensor(float(beta)))
+        self.register_buffer("exploration_noise", torch.tensor(float(exploration_noise)))
+        self.register_buffer("action_low", action_spec.space.low.detach().clone().float())
+        self.register_buffer("action_high", action_spec.space.high.detach().clone().float())
+        self.distance_smoothing = float(distance_smoothing)
+
+        self.action_key = action_key
+        self.base_key = tanh.in_keys[0]
+        self.value_key = critic.out_keys[0]
+        self.state_key = state_key if flow.state_dim else None
+        self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
+        flow_key = (flow_key,) if isinstance(flow_key, str) else tuple(flow_key)
+        self.flow_keys = {name: (*flow_key, name) for name in ("u0", "uK", "divergent")}
+        extra = [self.state_key] if self.state_key is not None else []
+        self.in_keys = _unique([*policy.in_keys, *self._critic_state_keys, *extra])
+        self.out_keys = [action_key, *self.flow_keys.values()]
+
+    @staticmethod
+    def _resolve_action_spec(
+        tanh: TanhModule, action_spec: TensorSpec | None, action_key: NestedKey
+    ) -> Bounded:
+        if action_spec is None:
+            spec = tanh.spec
+            if isinstance(spec, Composite) and action_key in spec.keys(True):
+                action_spec = spec[action_key]
+        if action_spec is None:
+            raise ValueError(
+                "no action spec: pass action_spec=env.action_spec (a Bounded spec), or build the "
+                "policy's TanhModule with spec=..."
+            )
+        if not isinstance(action_spec, Bounded):
+            raise ValueError(
+                "action_spec must be a Bounded (Box) spec with finite bounds, got "
+                f"{type(action_spec).__name__}: the flow squashes its end point into the box."
+            )
+        low, high = action_spec.space.low, action_spec.space.high
+        if not (low.isfinite().all() and high.isfinite().all() and (high > low).all()):
+            raise ValueError(
+                f"action_spec bounds must be finite with high > low, got low={low}, high={high}."
+            )
+        name = action_key if isinstance(action_key, str) else "_".join(action_key)
+        tanh_low, tanh_high = getattr(tanh, f"{name}_low"), getattr(tanh, f"{name}_high")
+        same = [
+            torch.allclose(bound.to(ref.dtype).expand_as(ref), ref)
+            for bound, ref in ((tanh_low, low), (tanh_high, high))
+        ]
+        if not all(same):
+            raise ValueError(
+                f"the policy's TanhModule maps into [{tanh_low}, {tanh_high}] but the action "
+                f"spec's box is [{low}, {high}]; build the TanhModule with spec=action_spec."
+            )
+        return action_spec
+
+    # ------------------------------------------------------------------ critic hand-over
+    def bind_critic_params(self, params: TensorDictParams) -> None:
+        """Makes the actor evaluate ``Q`` with ``params`` (the ones a loss trains).
+
+        Args:
+            params: parameters of :attr:`critic` with a leading critic dimension, e.g.
+                ``loss.qvalue_network_params`` of shape ``[num_qvalue_nets]``. The same object is
+                kept (not a copy), so every optimiser step on it is seen by the next action.
+        """
+        if not isinstance(params, TensorDictParams) or params.ndim != 1:
+            raise ValueError(
+                "params must be a TensorDictParams with one leading critic dimension, got "
+                f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
+            )
+        self.critic_params = params
+
+    def critic_value(
+        self,
+        tensordict: TensorDictBase,
+        action: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Tensor:
+        """``Q(s, action)``, shape ``[*batch]``: the minimum over the bound critics.
+
+        Args:
+            tensordict: holds the critic's state keys.
+            action: the (squashed) action.
+            critic_params: overrides the bound parameters (e.g. detached ones in a loss); with
+                a leading dimension the minimum over its entries is taken.
+        """
+        params = self.critic_params if critic_params is None else critic_params
+        td = tensordict.select(*self._critic_state_keys).set(self.action_key, action)
+        if params is None:
+            return self.critic(td).get(self.value_key).squeeze(-1)
+        if params.ndim == 0:
+            return self._critic_with_params(td, params).squeeze(-1)
+        values = torch.vmap(self._critic_with_params, (None, 0), randomness="different")(td, params)
+        return values.min(dim=0).values.squeeze(-1)
+
+    def _critic_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
+        with params.to_module(self.critic):
+            return self.critic(td.copy()).get(self.value_key)
+
+    # ------------------------------------------------------------------ prior
+    @torch.no_grad()
+    def refresh_prior(self) -> None:
+        """Copies the policy's current parameters and buffers into the frozen prior ``theta_t``.
+
+        Call once per policy iteration (one collector batch), not after every SGD step: with
+        ``theta_t = theta`` the distance term of objective (10) is measured from the very policy
+        being trained and stops holding it near the last one (DESIGN §1.1, §1.2).
+        """
+        for target, source in zip(self.prior.parameters(), self.policy.parameters(), strict=True):
+            target.copy_(source)
+        for target, source in zip(self.prior.buffers(), self.policy.buffers(), strict=True):
+            target.copy_(source)
+
+    # ------------------------------------------------------------------ the flow
+    def potential_fn(
+        self,
+        tensordict: TensorDictBase,
+        prior_action: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Callable[[Tensor], Tensor]:
+        """``U(u) = Q(s, squash(u)) / beta - ||squash(u) - pi_theta_t(s)||_delta`` (maximised).
+
+        ``pi_theta_t(s)`` depends on the state only, so it is computed once per flow
+        (``prior_action``) rather than in every layer.
+        """
+        beta, smoothing = self.beta, self.distance_smoothing
+
+        def potential(u: Tensor) -> Tensor:
+            action = squash(u, self.action_low.to(u.dtype), self.action_high.to(u.dtype))
+            q = self.critic_value(tensordict, action, critic_params)
+            return q / beta - smoothed_norm(action - prior_action, smoothing)
+
+        return potential
+
+    def sample(
+        self,
+        tensordict: TensorDictBase,
+        *,
+        create_graph: bool = False,
+        critic_params: TensorDictBase | None = None,
+    ) -> LangevinSample:
+        """Runs policy, prior and flow on ``tensordict`` without writing into it (no noise).
+
+        This is what losses call: with ``create_graph=True`` the returned tensors are
+        differentiable w.r.t. the policy ``theta`` (through ``u0`` and every layer) and the
+        flow's parameters ``h``.
+
+        Keyword Args:
+            create_graph: keep the autograd graph through the flow.
+            critic_params: parameters for ``Q`` in the potential (default: the bound ones).
+                Losses pass detached parameters so that the policy term never reaches the critic.
+        """
+        policy_in = tensordict.select(*self.policy.in_keys)
+        u0 = self.policy(policy_in.copy()).get(self.base_key)
+        low, high = self.action_low.to(u0.dtype), self.action_high.to(u0.dtype)
+        prior_action = squash(self.prior(policy_in.copy()).get(self.base_key), low, high)
+        state = tensordict.get(self.state_key) if self.state_key is not None else None
+        potential = self.potential_fn(tensordict, prior_action, critic_params)
+        out = self.flow(u0, potential, state=state, create_graph=create_graph)
+        if out.divergent.any():
+            logger.warning(
+                "Langevin flow diverged for %d of %d samples; they fall back to u0.",
+                int(out.divergent.sum()),
+                out.divergent.numel(),
+            )
+        return LangevinSample(
+            action=squash(out.position, low, high),
+            u0=u0,
+            uK=out.position,
+            prior_action=prior_action,
+            divergent=out.divergent,
+        )
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        mode = interaction_type()
+        with torch.no_grad():
+            out = self.sample(tensordict)
+            action = out.action
+            if mode is None or mode == InteractionType.RANDOM:
+                low, high = self.action_low.to(action.dtype), self.action_high.to(action.dtype)
+                action = add_action_noise(action, low, high, self.exploration_noise)
+        tensordict.set(self.action_key, action)
+        tensordict.set(self.flow_keys["u0"], out.u0)
+        tensordict.set(self.flow_keys["uK"], out.uK)
+        tensordict.set(self.flow_keys["divergent"], out.divergent)
+        return tensordict

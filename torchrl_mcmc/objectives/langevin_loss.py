@@ -1,0 +1,458 @@
+"""``LangevinFlowLoss``: objective (10) for a :class:`~torchrl_mcmc.LangevinFlowActor`, TD3-style.
+
+Paper eqs. 10–11 and §4.1; DESIGN §1.2, §1.3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey, unravel_key
+from torch import Tensor, nn
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+
+from torchrl_mcmc.mcmc.gaussian import squash
+from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
+from torchrl_mcmc.modules.langevin_actor import LangevinFlowActor, LangevinSample, add_action_noise
+
+__all__ = ["LangevinFlowLoss"]
+
+UpdateMode = Literal["alternating", "joint"]
+
+
+def _parameters(params: TensorDictParams) -> Iterator[nn.Parameter]:
+    return iter([p for p in params.values(True, True) if isinstance(p, nn.Parameter)])
+
+
+class LangevinFlowLoss(LossModule):
+    """Objective (10) of MCMC policy optimisation on a TD3 critic, as a TorchRL loss.
+
+    Per state, with ``aK = squash(f_h(u0))`` the flow's action started at the policy's
+    ``u0 = pi_theta(s)`` (unsquashed) and ``pi_theta_t`` the frozen prior:
+
+    .. code-block:: text
+
+        J = Q(s, aK) - beta * ||aK - pi_theta_t(s)||_delta  ( = beta * U(uK) )
+
+    ``Q`` is the minimum over the critics (detached in ``J``), the same ``Q`` the flow's
+    potential ``U`` uses, so the flow ascends exactly what ``J`` scores; ``||.||_delta`` is the
+    actor's smoothed norm (see :class:`~torchrl_mcmc.LangevinFlowActor`). TD3 scores its actor
+    with the first critic only; the minimum costs one more critic evaluation per state and keeps
+    the flow and the objective from disagreeing. Gradients reach the policy ``theta`` through
+    ``u0`` and every coupling layer (a double backward through the critic), and the flow's
+    parameters ``h`` (step sizes and networks) through the layers. No noise enters ``J``: the
+    flow is deterministic, so the deterministic policy gradient applies.
+
+    Outputs of :meth:`forward`:
+
+    * ``loss_actor``: ``-J`` for ``theta``. In ``"alternating"`` mode (eq. 11) it reaches
+      ``theta`` only; in ``"joint"`` mode it reaches ``theta`` and ``h``.
+    * ``loss_flow``: ``-J`` for ``h`` only (``"alternating"`` mode; absent in ``"joint"``).
+    * ``loss_qvalue``: twin-critic TD loss with TD3's target (below).
+    * detached diagnostics: ``beta``, ``policy_distance`` (``D_LD = mean ||aK - pi_theta_t(s)||``
+      with the exact norm, what the PID controller reads), ``critic_gain``
+      (``Q(s, aK) - Q(s, a0)``: what the flow adds over the plain TD3 action
+      ``a0 = pi_theta(s)``), ``step_size`` (mean ``eps`` over the layers), ``num_divergent``,
+      ``td_error``.
+
+    **The TD target** is TD3's: ``r + gamma * min_j Q'_j(s', a')`` with
+    ``a' = clamp(squash(f_h'(u0')) + clamp(N(0, policy_noise^2), -noise_clip, noise_clip) * w)``,
+    ``w`` the box's half-width (so the defaults are TD3's ``0.2``/``0.5`` on a ``[-1, 1]`` box).
+    ``u0'`` comes from the target policy and ``f_h'`` is the flow with the *target* flow
+    parameters: the policy and the flow together are the actor, and TD3 keeps a slow copy of
+    the actor for its targets (``delay_actor``). The potential inside that target flow uses the
+    *current* critics: the online critics steer the action and the target critics evaluate it,
+    selection decoupled from evaluation as in double Q-learning (and the same choice as
+    :class:`~torchrl_mcmc.HMCLoss`). Every target parameter is created by
+    ``convert_to_functional``, so :class:`~torchrl.objectives.SoftUpdate` works unchanged.
+
+    **Delayed policy updates** live in the training loop, as in TorchRL's TD3 (its loss has no
+    step counter either): call :meth:`qvalue_loss` every step, and every ``policy_delay``
+    steps :meth:`actor_loss` (and :meth:`flow_loss`) followed by ``SoftUpdate.step()``. Within a
+    delayed step, stepping the policy optimiser on :meth:`actor_loss` and then the flow
+    optimiser on :meth:`flow_loss` is eq. 11 exactly (``h`` moves at the new ``theta``);
+    :meth:`forward` gives all losses at the current ``(theta, h)`` for loops that backpropagate
+    their sum.
+
+    ``beta`` is the actor's buffer, exposed here: ``loss.beta = 0.5`` (or a PID controller)
+    writes it in place, so the next action and the next loss both use it, and ``state_dict``
+    carries it (under ``actor.beta``). Refresh the prior once per policy iteration
+    (:meth:`refresh_prior`).
+
+    Args:
+        actor: the :class:`~torchrl_mcmc.LangevinFlowActor` to train. Its critic's parameters
+            are converted (``num_qvalue_nets`` copies, target copies) and bound back to the
+            actor, so the actor always acts with the critic this loss trains.
+
+    Keyword Args:
+        num_qvalue_nets: number of critics (2: TD3's clipped double Q).
+        loss_function: critic regression loss (``"l2"``, as TD3's paper; ``"smooth_l1"``,
+            ``"l1"``).
+        policy_noise: target smoothing noise scale, in units of the box's half-width (``>= 0``).
+        noise_clip: clip of that noise, same units (``>= 0``).
+        delay_actor: keep target copies of the policy and the flow (TD3). ``False``: the target
+            action comes from the current ones.
+        delay_qvalue: keep target critics (TD3). ``False``: the current critics, detached.
+        update_mode: ``"alternating"`` (eq. 11, the paper's) or ``"joint"`` (one flow, one
+            loss for ``theta`` and ``h``: half the double-backward work).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule, TensorDictSequential
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.modules import MLP, TanhModule, ValueOperator
+        >>> from torchrl.objectives import SoftUpdate
+        >>> from torchrl_mcmc import LangevinFlowActor, LangevinFlowLoss, PIDController
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> policy = TensorDictSequential(  # TorchRL's TD3 actor
+        ...     TensorDictModule(MLP(in_features=4, out_features=2, num_cells=[32]),
+        ...                      in_keys=["observation"], out_keys=["param"]),
+        ...     TanhModule(in_keys=["param"], out_keys=["action"], spec=spec))
+        >>> critic = ValueOperator(MLP(in_features=6, out_features=1, num_cells=[32]),
+        ...                        in_keys=["observation", "action"])
+        >>> actor = LangevinFlowActor(policy, critic, state_dim=4, num_layers=4)
+        >>> loss = LangevinFlowLoss(actor)
+        >>> loss.make_value_estimator(gamma=0.99)
+        >>> updater = SoftUpdate(loss, eps=0.995)
+        >>> batch = TensorDict({
+        ...     "observation": torch.randn(16, 4), "action": torch.rand(16, 2) * 2 - 1,
+        ...     "next": {"observation": torch.randn(16, 4), "reward": torch.randn(16, 1),
+        ...              "done": torch.zeros(16, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(16, 1, dtype=torch.bool)}}, batch_size=[16])
+        >>> sorted(k for k in loss(batch).keys() if k.startswith("loss_"))
+        ['loss_actor', 'loss_flow', 'loss_qvalue']
+        >>> optim_q = torch.optim.Adam(loss.critic_parameters(), lr=3e-4)
+        >>> optim_theta = torch.optim.Adam(loss.policy_parameters(), lr=3e-4)
+        >>> optim_h = torch.optim.Adam(loss.flow_parameters(), lr=3e-4)
+        >>> pid = PIDController(target=0.1)
+        >>> loss.refresh_prior()  # once per policy iteration (collected batch)
+        >>> for step in range(1, 5):  # TD3's delayed policy updates, every 2nd step
+        ...     loss_q, _ = loss.qvalue_loss(batch)
+        ...     optim_q.zero_grad(); loss_q.backward(); optim_q.step()
+        ...     if step % 2 == 0:
+        ...         loss_theta, info = loss.actor_loss(batch)
+        ...         optim_theta.zero_grad(); loss_theta.backward(); optim_theta.step()
+        ...         loss_h, _ = loss.flow_loss(batch)  # eq. 11: h moves at the new theta
+        ...         optim_h.zero_grad(); loss_h.backward(); optim_h.step()
+        ...         updater.step()
+        >>> sorted(info)
+        ['critic_gain', 'num_divergent', 'policy_distance', 'step_size']
+        >>> loss.beta = pid.update(info["policy_distance"])  # once per policy iteration
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys the loss reads, renamable with :meth:`set_keys`.
+
+        Attributes:
+            action: the action taken in the environment. Defaults to the actor's.
+            state_action_value: the critic's output key. Defaults to the critic's.
+            value: where the next-state value is written for the value estimator.
+            reward: reward key, under ``"next"``.
+            done: done key, under ``"next"``.
+            terminated: terminated key, under ``"next"``.
+        """
+
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        value: NestedKey = "state_value"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
+
+    actor_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    flow_network: LangevinFlow
+    flow_network_params: TensorDictParams
+    target_flow_network_params: TensorDictParams
+    qvalue_network: TensorDictModule
+    qvalue_network_params: TensorDictParams
+    target_qvalue_network_params: TensorDictParams
+
+    def __init__(
+        self,
+        actor: LangevinFlowActor,
+        *,
+        num_qvalue_nets: int = 2,
+        loss_function: str = "l2",
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        delay_actor: bool = True,
+        delay_qvalue: bool = True,
+        update_mode: UpdateMode = "alternating",
+    ) -> None:
+        if not isinstance(actor, LangevinFlowActor):
+            raise TypeError(f"actor must be a LangevinFlowActor, got {type(actor).__name__}.")
+        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
+            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}.")
+        if update_mode not in ("alternating", "joint"):
+            raise ValueError(
+                f"update_mode must be 'alternating' or 'joint', got update_mode={update_mode!r}."
+            )
+        if loss_function not in ("l2", "smooth_l1", "l1"):
+            raise ValueError(
+                f"loss_function must be 'l2', 'smooth_l1' or 'l1', got {loss_function!r}."
+            )
+        for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}.")
+        self._in_keys = None
+        super().__init__()
+        self.actor = actor
+        self.num_qvalue_nets = num_qvalue_nets
+        self.loss_function = loss_function
+        self.policy_noise = float(policy_noise)
+        self.noise_clip = float(noise_clip)
+        self.update_mode = update_mode
+        # theta and h: the actor's own Parameter objects (no copy), so the actor acts with what
+        # is trained here; their Polyak copies feed the TD target (TD3's target actor).
+        self.convert_to_functional(actor.policy, "actor_network", create_target_params=delay_actor)
+        self.convert_to_functional(actor.flow, "flow_network", create_target_params=delay_actor)
+        # The critics: num_qvalue_nets fresh copies plus Polyak targets, handed back to the
+        # actor so that collection uses exactly the parameters trained here (DESIGN §1.1).
+        self.convert_to_functional(
+            actor.critic, "qvalue_network", num_qvalue_nets, create_target_params=delay_qvalue
+        )
+        actor.bind_critic_params(self.qvalue_network_params)
+        self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
+        self.set_keys(action=actor.action_key, state_action_value=actor.value_key)
+
+    # ------------------------------------------------------------------ beta
+    @property
+    def beta(self) -> Tensor:
+        """The multiplier of the distance (the actor's buffer, shared, written in place)."""
+        return self.actor.beta
+
+    @beta.setter
+    def beta(self, value: float | Tensor) -> None:
+        value = torch.as_tensor(value, dtype=self.actor.beta.dtype)
+        if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
+            raise ValueError(f"beta must be a finite scalar > 0, got {value}.")
+        self.actor.beta.copy_(value.reshape(()))
+
+    # ------------------------------------------------------------------ parameter groups
+    def policy_parameters(self) -> Iterator[nn.Parameter]:
+        """``theta``: the base policy's parameters (not its buffers, e.g. the tanh bounds)."""
+        return _parameters(self.actor_network_params)
+
+    def flow_parameters(self) -> Iterator[nn.Parameter]:
+        """``h``: the flow's step sizes and coupling networks."""
+        return self.actor.flow.parameters()
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """The trained critics (not their targets)."""
+        return _parameters(self.qvalue_network_params)
+
+    def refresh_prior(self) -> None:
+        """Copies ``theta`` into the frozen prior ``theta_t``; once per policy iteration."""
+        self.actor.refresh_prior()
+
+    # ------------------------------------------------------------------ TorchRL plumbing
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value_target": "value_target",
+                "value": self.tensor_keys.value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hp,
+        )
+
+    def _set_in_keys(self) -> None:
+        state_keys = list(self.actor.in_keys)
+        keys = [
+            self.tensor_keys.action,
+            *state_keys,
+            *[("next", k) for k in state_keys],
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+        ]
+        self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values) -> None:
+        self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_actor", "loss_qvalue"]
+        if self.update_mode == "alternating":
+            keys.insert(1, "loss_flow")
+        return [*keys, *self._DIAGNOSTICS]
+
+    _DIAGNOSTICS = (
+        "beta",
+        "policy_distance",
+        "critic_gain",
+        "step_size",
+        "num_divergent",
+        "td_error",
+    )
+
+    # ------------------------------------------------------------------ critics
+    def _qvalue_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
+        with params.to_module(self.qvalue_network):
+            return self.qvalue_network(td.copy()).get(self.tensor_keys.state_action_value)
+
+    def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
+        """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
+        td = td.select(*self.qvalue_network.in_keys, strict=False)
+        td.set(self.tensor_keys.action, action)
+        return self._vmap_qvalue(td, params).squeeze(-1)
+
+    # ------------------------------------------------------------------ objective (10)
+    def _flow(
+        self, tensordict: TensorDictBase, freeze: Literal["flow", "policy"] | None
+    ) -> tuple[LangevinSample, TensorDictBase, Tensor]:
+        """A differentiable flow; ``freeze`` names the parameters it must not reach.
+
+        Returns the sample, the states it belongs to and the number of divergent flows.
+        """
+        critic = self.qvalue_network_params.detach()
+        if freeze is None:
+            return self._guarded_sample(tensordict, critic)
+        if freeze == "flow":
+            params, module = self.flow_network_params, self.flow_network
+        else:
+            params, module = self.actor_network_params, self.actor_network
+        # preserve_module_state=False writes the detached tensors as they are; the default
+        # re-wraps them as Parameters that require grad, and backward would compute (and then
+        # drop) gradients for the frozen group through the whole flow.
+        with params.detach().to_module(module, preserve_module_state=False):
+            return self._guarded_sample(tensordict, critic)
+
+    def _guarded_sample(
+        self, tensordict: TensorDictBase, critic: TensorDictBase
+    ) -> tuple[LangevinSample, TensorDictBase, Tensor]:
+        out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
+        num_divergent = out.divergent.sum()
+        if num_divergent:
+            # A diverged flow's backward multiplies zero upstream gradients by non-finite local
+            # derivatives (0 * inf = nan) and would poison every parameter's gradient. The flow
+            # is deterministic, so running it again on the other states alone is clean.
+            tensordict = tensordict[~out.divergent]
+            out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
+        return out, tensordict, num_divergent
+
+    def _objective(self, tensordict: TensorDictBase, out: LangevinSample) -> tuple[Tensor, Tensor]:
+        """Per-state ``J`` of eq. 10 (critic detached, prior frozen, smoothed norm) and the
+        ``Q(s, aK)`` in it (for the diagnostics, which would otherwise evaluate it again)."""
+        q = self._qvalues(tensordict, out.action, self.qvalue_network_params.detach()).min(0).values
+        distance = smoothed_norm(out.action - out.prior_action, self.actor.distance_smoothing)
+        return q - self.beta * distance, q
+
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
+        freeze = "flow" if self.update_mode == "alternating" else None
+        out, states, num_divergent = self._flow(tensordict, freeze)
+        objective, q_end = self._objective(states, out)
+        metadata = self._diagnostics(states, out, q_end)
+        metadata["num_divergent"] = num_divergent.to(metadata["policy_distance"].dtype)
+        return -objective.mean(), metadata
+
+    def flow_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``-J`` for ``h`` only: the step sizes and coupling networks."""
+        out, states, _ = self._flow(tensordict, "policy")
+        return -self._objective(states, out)[0].mean(), {}
+
+    @torch.no_grad()
+    def _diagnostics(
+        self, tensordict: TensorDictBase, out: LangevinSample, q_end: Tensor
+    ) -> dict[str, Tensor]:
+        low, high = self.actor.action_low.to(out.u0.dtype), self.actor.action_high.to(out.u0.dtype)
+        base_action = squash(out.u0, low, high)
+        q_start = self._qvalues(tensordict, base_action, self.qvalue_network_params).min(0).values
+        step_size = self.actor.flow.step_size
+        return {
+            "policy_distance": (out.action - out.prior_action).norm(dim=-1).mean(),
+            "critic_gain": (q_end - q_start).mean(),
+            "step_size": step_size.mean() if step_size.numel() else step_size.new_zeros(()),
+        }
+
+    # ------------------------------------------------------------------ critic loss
+    @torch.no_grad()
+    def _next_action(self, next_td: TensorDictBase) -> Tensor:
+        """TD3's smoothed target action: target policy, target flow, clipped noise."""
+        # preserve_module_state=False (as TD3Loss): the default would turn the target buffers
+        # into Parameters that require grad, inside the loss's own target TensorDictParams.
+        with (
+            self.target_actor_network_params.to_module(
+                self.actor_network, preserve_module_state=False
+            ),
+            self.target_flow_network_params.to_module(
+                self.flow_network, preserve_module_state=False
+            ),
+        ):
+            out = self.actor.sample(next_td, critic_params=self.qvalue_network_params)
+        low, high = self.actor.action_low.to(out.u0.dtype), self.actor.action_high.to(out.u0.dtype)
+        return add_action_noise(out.action, low, high, self.policy_noise, self.noise_clip)
+
+    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """Twin-critic TD loss with TD3's target (TorchRL's ``TD3Loss.value_loss``)."""
+        next_td = tensordict.get("next")
+        next_action = self._next_action(next_td)
+        with torch.no_grad():
+            next_q = self._qvalues(next_td, next_action, self.target_qvalue_network_params)
+        target_td = tensordict.select(*self.in_keys, strict=False).copy()
+        target_td.set(("next", self.tensor_keys.value), next_q.min(0).values.unsqueeze(-1))
+        target = self.value_estimator.value_estimate(target_td).squeeze(-1).detach()
+        action = tensordict.get(self.tensor_keys.action)
+        pred = self._qvalues(tensordict, action, self.qvalue_network_params)
+        loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function)
+        td_error = (pred - target).abs().max(0).values.detach()
+        return loss.sum(0).mean(), {"td_error": td_error}
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
+        loss_actor, metadata = self.actor_loss(tensordict)
+        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
+        if self.update_mode == "alternating":
+            out["loss_flow"], _ = self.flow_loss(tensordict)
+        out.update(metadata)
+        out["td_error"] = q_meta["td_error"].mean()
+        out["beta"] = self.beta.detach().clone()
+        return TensorDict(out, batch_size=[])
