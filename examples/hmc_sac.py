@@ -21,9 +21,9 @@ from torchrl.objectives import SoftUpdate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
 
-from examples.experiment import run  # noqa: E402
-from examples.utils import make_critic, make_stochastic_policy  # noqa: E402
-from torchrl_mcmc import HMCActor, HMCLoss, PIDController  # noqa: E402
+from examples.experiment import run
+from examples.utils import make_critic, make_stochastic_policy
+from torchrl_mcmc import HMCActor, HMCLoss, PIDController
 
 
 class HMCSAC:
@@ -67,7 +67,7 @@ class HMCSAC:
     def update(self, batch) -> dict[str, float]:
         out = self.loss(batch)
         total = out["loss_actor"] + out["loss_qvalue"]
-        if "loss_hmc" in out.keys():
+        if "loss_hmc" in out:
             total = total + out["loss_hmc"]
         for optim in self.optimizers.values():
             optim.zero_grad(set_to_none=True)

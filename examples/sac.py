@@ -17,8 +17,8 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
 
-from examples.experiment import run  # noqa: E402
-from examples.utils import make_critic, make_stochastic_policy  # noqa: E402
+from examples.experiment import run
+from examples.utils import make_critic, make_stochastic_policy
 
 
 class SAC:

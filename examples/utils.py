@@ -15,7 +15,7 @@ import os
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig
-from tensordict.nn import TensorDictModule
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
@@ -29,8 +29,15 @@ from torchrl.envs import (
     StepCounter,
     TransformedEnv,
 )
-from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
-from torchrl.modules import ValueOperator
+from torchrl.modules import (
+    MLP,
+    AdditiveGaussianModule,
+    NormalParamExtractor,
+    ProbabilisticActor,
+    TanhModule,
+    TanhNormal,
+    ValueOperator,
+)
 
 logger = logging.getLogger("torchrl_mcmc.examples")
 
@@ -144,6 +151,30 @@ def make_stochastic_policy(cfg: DictConfig, env: EnvBase) -> ProbabilisticActor:
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
         spec=spec,
         return_log_prob=False,
+    )
+
+
+def make_deterministic_policy(cfg: DictConfig, env: EnvBase) -> TensorDictSequential:
+    """The TD3 policy: ``obs -> param`` MLP and a ``TanhModule`` to the action bounds."""
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    spec = env.action_spec
+    return TensorDictSequential(
+        TensorDictModule(
+            _mlp(cfg, obs_dim, spec.shape[-1]), in_keys=["observation"], out_keys=["param"]
+        ),
+        TanhModule(in_keys=["param"], out_keys=["action"], spec=spec),
+    )
+
+
+def make_td3_exploration(cfg: DictConfig, env: EnvBase) -> AdditiveGaussianModule:
+    """TD3's Gaussian action noise, ``exploration_noise`` times the box's half-width."""
+    spec = env.action_spec
+    half_width = (spec.space.high - spec.space.low) / 2
+    return AdditiveGaussianModule(
+        spec=spec,
+        sigma_init=1.0,
+        sigma_end=1.0,  # constant noise, as in TD3
+        std=(cfg.td3.exploration_noise * half_width).tolist(),
     )
 
 

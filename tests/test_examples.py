@@ -38,7 +38,7 @@ def _scalar_log(run_dir: Path, name: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize("env_name", ["Pendulum-v1", "Hopper-v4"])
-@pytest.mark.parametrize("script", ["hmc_sac.py", "sac.py"])
+@pytest.mark.parametrize("script", ["hmc_sac.py", "sac.py", "ld_td3.py", "td3.py"])
 def test_script_runs_end_to_end(script: str, env_name: str, tmp_path: Path) -> None:
     _run(script, *SMOKE, f"env={env_name}", run_root=tmp_path)
     (run_dir,) = _run_dirs(tmp_path)
@@ -58,9 +58,10 @@ def test_script_runs_end_to_end(script: str, env_name: str, tmp_path: Path) -> N
         assert all(0.001 <= b <= 10.0 for b in betas)
 
 
-def test_kill_9_then_resume_continues_the_frame_counter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", ["hmc_sac.py", "ld_td3.py"])
+def test_kill_9_then_resume_continues_the_frame_counter(script: str, tmp_path: Path) -> None:
     overrides = [*SMOKE, "env=Pendulum-v1", "collector.total_frames=1200"]
-    cmd = [sys.executable, str(ROOT / "examples" / "hmc_sac.py"), *overrides]
+    cmd = [sys.executable, str(ROOT / "examples" / script), *overrides]
     proc = subprocess.Popen(
         [*cmd, f"run_root={tmp_path}"],
         stdout=subprocess.DEVNULL,
@@ -84,7 +85,7 @@ def test_kill_9_then_resume_continues_the_frame_counter(tmp_path: Path) -> None:
     state = torch.load(run_dir / "checkpoints" / ckpt_name, weights_only=True)
     killed_at = state["frames"]
     assert 200 <= killed_at < 1200
-    _run("hmc_sac.py", *overrides, f"resume={run_dir}", run_root=tmp_path)
+    _run(script, *overrides, f"resume={run_dir}", run_root=tmp_path)
     assert _run_dirs(tmp_path) == [run_dir]  # resumed in place, no new run directory
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] == 1200

@@ -17,3 +17,5 @@ def test_readme_snippets_run_in_order() -> None:
     # The snippets built and trained what they claim.
     assert type(namespace["actor"]).__name__ == "HMCActor"
     assert 1e-3 <= namespace["loss"].beta.item() <= 10.0
+    assert type(namespace["ld_actor"]).__name__ == "LangevinFlowActor"
+    assert 1e-3 <= namespace["ld_loss"].beta.item() <= 100.0
