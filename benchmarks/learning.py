@@ -1,0 +1,316 @@
+"""Sample-efficiency benchmark (BENCHMARKS.md §3): run a tier's grid, then aggregate it.
+
+    python benchmarks/learning.py run --tier Q              # runs what is not finished yet
+    python benchmarks/learning.py run --tier M --methods sac hmc_sac --seeds 0
+    python benchmarks/learning.py aggregate --tier Q        # tables, IQM CIs, curves
+    python benchmarks/learning.py status --tier M           # finished / partial / pending
+
+Each run is one example script (``examples/<method>.py``) in its own run directory under
+``runs/benchmarks/<tier>/<method>/<env>/seed<N>`` (git-ignored: checkpoints hold replay
+buffers). ``run`` skips runs whose ``summary.json`` exists, resumes runs that have a
+checkpoint (``resume=<run dir>``) and starts the rest, one after another, so an interrupted grid
+continues where it stopped and never redoes a finished run. A finished run's ``summary.json``
+and evaluation curve are copied to ``benchmarks/results/learning/<tier>/`` for committing.
+``aggregate`` reads those copies only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "benchmarks"
+RESULTS = ROOT / "benchmarks" / "results" / "learning"
+
+logger = logging.getLogger("benchmarks.learning")
+
+
+@dataclass(frozen=True)
+class Tier:
+    envs: tuple[str, ...]
+    frames: int
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    eval_interval: int
+    #: Hydra overrides every run of the tier shares (same for method and baseline).
+    overrides: tuple[str, ...] = ()
+
+
+#: BENCHMARKS.md §3. Tier Q uses the quick preset's data schedule (the only way 20 runs fit
+#: in about an hour of 2 CPU cores); M and L use the paper-scale defaults.
+TIERS = {
+    "Q": Tier(
+        envs=("Pendulum-v1",),
+        frames=15_000,
+        seeds=(0, 1, 2, 3, 4),
+        methods=("sac", "hmc_sac", "td3", "ld_td3"),
+        eval_interval=5_000,
+        overrides=("preset=quick",),
+    ),
+    "M": Tier(
+        envs=("Hopper-v4", "HalfCheetah-v4"),
+        frames=100_000,
+        seeds=(0, 1, 2),
+        methods=("sac", "hmc_sac"),
+        eval_interval=10_000,
+    ),
+    "L": Tier(
+        envs=("Hopper-v4", "HalfCheetah-v4", "Ant-v4"),
+        frames=500_000,
+        seeds=(0, 1, 2, 3, 4),
+        methods=("sac", "hmc_sac", "td3", "ld_td3"),
+        eval_interval=10_000,
+    ),
+}
+BASELINE = {"hmc_sac": "sac", "ld_td3": "td3"}
+
+
+def run_dir(tier: str, method: str, env: str, seed: int) -> Path:
+    return RUNS / tier / method / env / f"seed{seed}"
+
+
+def result_path(tier: str, method: str, env: str, seed: int) -> Path:
+    return RESULTS / tier / method / env / f"seed{seed}.json"
+
+
+def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) -> list[str]:
+    tier = TIERS[tier_name]
+    directory = run_dir(tier_name, method, env, seed)
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / f"{method}.py"),
+        *tier.overrides,
+        f"env={env}",
+        f"seed={seed}",
+        f"collector.total_frames={tier.frames}",
+        f"eval.interval_frames={tier.eval_interval}",
+        "eval.episodes=10",
+        "progress_bar=false",
+        f"hydra.run.dir={directory}",
+        *extra,
+    ]
+    if (directory / "latest_checkpoint.txt").exists():
+        cmd.append(f"resume={directory}")
+    return cmd
+
+
+def _status(tier_name: str, method: str, env: str, seed: int) -> str:
+    if result_path(tier_name, method, env, seed).exists():
+        return "finished"
+    if (run_dir(tier_name, method, env, seed) / "latest_checkpoint.txt").exists():
+        return "partial"
+    return "pending"
+
+
+def _grid(tier_name: str, methods, envs, seeds):
+    tier = TIERS[tier_name]
+    for seed in seeds or tier.seeds:
+        for env in envs or tier.envs:
+            for method in methods or tier.methods:
+                yield method, env, seed
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    failures = 0
+    for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
+        status = _status(args.tier, method, env, seed)
+        if status == "finished":
+            logger.info("skip %s %s seed %d: finished", method, env, seed)
+            continue
+        directory = run_dir(args.tier, method, env, seed)
+        if status == "pending" and directory.exists():
+            shutil.rmtree(directory)  # started but never checkpointed: nothing to keep
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        cmd = command(args.tier, method, env, seed, args.overrides)
+        logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
+        started = time.monotonic()
+        with open(directory.parent / f"seed{seed}.log", "a") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        if code != 0 or not (directory / "summary.json").exists():
+            logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
+            failures += 1
+            continue
+        _collect(args.tier, method, env, seed)
+        logger.info("done in %.0f s", time.monotonic() - started)
+    return 1 if failures else 0
+
+
+def _collect(tier_name: str, method: str, env: str, seed: int) -> None:
+    """Copies a finished run's summary (with its config) into the committed results."""
+    directory = run_dir(tier_name, method, env, seed)
+    summary = json.loads((directory / "summary.json").read_text())
+    summary["config"] = (directory / "config.yaml").read_text()
+    target = result_path(tier_name, method, env, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=1))
+
+
+# ---------------------------------------------------------------------------- aggregation
+def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
+    """``{(env, method): [summary, ...]}`` of the finished runs, sorted by seed."""
+    results: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted((RESULTS / tier_name).glob("*/*/seed*.json")):
+        summary = json.loads(path.read_text())
+        results.setdefault((summary["env"], summary["method"]), []).append(summary)
+    for runs in results.values():
+        runs.sort(key=lambda s: s["seed"])
+    return results
+
+
+def iqm_with_ci(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Interquartile mean over runs and its 95% stratified-bootstrap CI (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    point, interval = rly.get_interval_estimates(
+        {"m": scores.reshape(-1, 1)},
+        lambda x: np.array([metrics.aggregate_iqm(x)]),
+        reps=reps,
+    )
+    return float(point["m"][0]), float(interval["m"][0, 0]), float(interval["m"][1, 0])
+
+
+def aggregate(tier_name: str) -> dict:
+    """Per env and method: final score mean ± std, IQM [95% CI], and the learning curves."""
+    tier = TIERS[tier_name]
+    table: dict[str, dict[str, dict]] = {}
+    for (env, method), runs in sorted(load_results(tier_name).items()):
+        finals = np.array([r["final_return"] for r in runs])
+        iqm, low, high = iqm_with_ci(finals)
+        table.setdefault(env, {})[method] = {
+            "seeds": [r["seed"] for r in runs],
+            "final_scores": finals.tolist(),
+            "mean": float(finals.mean()),
+            "std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
+            "iqm": iqm,
+            "iqm_ci95": [low, high],
+            "frames": [r["frames"] for r in runs],
+            "wall_time_s": [r["wall_time_s"] for r in runs],
+        }
+    pending = [
+        {
+            "method": m,
+            "env": e,
+            "seed": s,
+            "status": _status(tier_name, m, e, s),
+            "command": " ".join(command(tier_name, m, e, s, [])),
+        }
+        for m, e, s in _grid(tier_name, None, None, None)
+        if _status(tier_name, m, e, s) != "finished"
+    ]
+    out = {
+        "tier": tier_name,
+        "protocol": {
+            "envs": tier.envs,
+            "frames": tier.frames,
+            "seeds": tier.seeds,
+            "methods": tier.methods,
+            "eval_interval_frames": tier.eval_interval,
+            "eval_episodes": 10,
+            "final_score": "mean of the last 3 deterministic evaluations",
+            "overrides": tier.overrides,
+        },
+        "results": table,
+        "pending": pending,
+        "continue_with": f"python benchmarks/learning.py run --tier {tier_name}",
+    }
+    (RESULTS.parent / f"learning_{tier_name}.json").write_text(json.dumps(out, indent=1))
+    for env in table:
+        plot_curves(tier_name, env)
+    return out
+
+
+def plot_curves(tier_name: str, env: str) -> Path:
+    """Mean ± std evaluation return against frames, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (run_env, method), runs in sorted(load_results(tier_name).items()):
+        if run_env != env:
+            continue
+        frames = sorted({h["frames"] for r in runs for h in r["eval_history"]})
+        curves = np.array([[_at(r["eval_history"], f) for f in frames] for r in runs], dtype=float)
+        mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
+        line = "--" if method in BASELINE.values() else "-"
+        ax.plot(frames, mean, line, label=f"{method} (n={len(runs)})")
+        ax.fill_between(frames, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel("evaluation return (mean ± std over seeds)")
+    ax.set_title(f"{env}, tier {tier_name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS.parent / f"learning_{tier_name}_{env}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _at(history: list[dict], frames: int) -> float:
+    for h in history:
+        if h["frames"] == frames:
+            return h["eval_return"]
+    return float("nan")
+
+
+def print_table(out: dict) -> None:
+    for env, methods in out["results"].items():
+        print(f"\n{env} (tier {out['tier']}, {out['protocol']['frames']} frames)")
+        print(f"{'method':10s} {'n':>2s} {'mean':>9s} {'std':>8s} {'IQM':>9s}  95% CI")
+        for method, r in methods.items():
+            low, high = r["iqm_ci95"]
+            print(
+                f"{method:10s} {len(r['seeds']):2d} {r['mean']:9.1f} {r['std']:8.1f} "
+                f"{r['iqm']:9.1f}  [{low:.1f}, {high:.1f}]"
+            )
+    if out["pending"]:
+        print(f"\npending: {len(out['pending'])} runs; continue with: {out['continue_with']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("action", choices=["run", "aggregate", "status"])
+    parser.add_argument("--tier", choices=sorted(TIERS), default="Q")
+    parser.add_argument("--methods", nargs="*", help="subset of the tier's methods")
+    parser.add_argument("--envs", nargs="*", help="subset of the tier's envs")
+    parser.add_argument("--seeds", nargs="*", type=int, help="subset of the tier's seeds")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
+    args = parser.parse_args(argv)
+    tier = TIERS[args.tier]
+    for name, chosen, allowed in (
+        ("--methods", args.methods, tier.methods),
+        ("--envs", args.envs, tier.envs),
+        ("--seeds", args.seeds, tier.seeds),
+    ):
+        unknown = set(chosen or ()) - set(allowed)
+        if unknown:
+            parser.error(f"{name} {sorted(unknown)} not in tier {args.tier}: {list(allowed)}")
+    if args.action == "run":
+        return run_grid(args)
+    if args.action == "status":
+        for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
+            print(f"{_status(args.tier, method, env, seed):9s} {method:8s} {env:16s} seed {seed}")
+        return 0
+    print_table(aggregate(args.tier))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
