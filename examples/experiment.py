@@ -109,9 +109,10 @@ def _check_resumable(cfg: DictConfig) -> tuple[Path, DictConfig]:
 def _setup_file_logging(run_dir: Path) -> None:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("torchrl_mcmc", "torchrl_mcmc.examples"):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+    # The library's and the examples' loggers both live under "torchrl_mcmc".
+    package_logger = logging.getLogger("torchrl_mcmc")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
 
 
 def versions() -> dict[str, str]:
