@@ -91,7 +91,7 @@ def test_kill_9_then_resume_continues_the_frame_counter(script: str, tmp_path: P
     assert summary["frames"] == 1200
     frames = [h["frames"] for h in summary["eval_history"]]
     assert frames == sorted(set(frames)) and frames[-1] == 1200
-    assert "resumed at %d frames" % killed_at in (run_dir / "train.log").read_text()
+    assert f"resumed at {killed_at} frames" in (run_dir / "train.log").read_text()
     final = torch.load(
         run_dir / "checkpoints" / (run_dir / "latest_checkpoint.txt").read_text().strip(),
         weights_only=True,

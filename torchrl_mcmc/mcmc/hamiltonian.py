@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchrl_mcmc.mcmc.integrators import (
@@ -37,6 +38,19 @@ def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
         nn.Tanh(),
         nn.Linear(hidden, out_features),
     )
+
+
+def _run_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
+    """``net(x)`` for a net built by :func:`_mlp`, without ``nn.Module`` call overhead.
+
+    The gates run ``K + 1`` times per chain on tiny tensors, where each module call costs more
+    than its arithmetic (acting runs at batch 1). Same layers, same parameters (read at call
+    time, so ``to_module``/``functional_call`` swaps are seen); hooks on these internal layers
+    are not run.
+    """
+    for layer in net:
+        x = torch.tanh(x) if isinstance(layer, nn.Tanh) else F.linear(x, layer.weight, layer.bias)
+    return x
 
 
 class GradientGate(nn.Module):
@@ -88,8 +102,8 @@ class GradientGate(nn.Module):
                 raise ValueError("this gate was built with state_dim > 0 but got no state.")
             inputs.append(state)
         features = torch.cat(inputs, dim=-1)
-        sigma = torch.sigmoid(self.sigma_net(features))
-        shift = torch.tanh(self.shift_net(features))
+        sigma = torch.sigmoid(_run_mlp(self.sigma_net, features))
+        shift = torch.tanh(_run_mlp(self.shift_net, features))
         return sigma * grad + (1.0 - sigma) * shift
 
 
@@ -171,11 +185,19 @@ class HamiltonianFlow(nn.Module):
         *,
         state: Tensor | None = None,
         create_graph: bool = False,
+        potential_grad_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> ForceFn:
-        """The integrator's force: the (gated) gradient of ``potential_fn``."""
+        """The integrator's force: the (gated) gradient of ``potential_fn``.
+
+        ``potential_grad_fn``, when given, computes that gradient instead of autograd (see
+        :meth:`forward`).
+        """
 
         def force(position: Tensor) -> tuple[Tensor, Tensor]:
-            grad = potential_grad(potential_fn, position, create_graph=create_graph)
+            if potential_grad_fn is None:
+                grad = potential_grad(potential_fn, position, create_graph=create_graph)
+            else:
+                grad = potential_grad_fn(position)
             if self.gate is None:
                 return grad, grad
             return grad, self.gate(grad, position, state)
@@ -190,6 +212,7 @@ class HamiltonianFlow(nn.Module):
         *,
         state: Tensor | None = None,
         create_graph: bool = False,
+        potential_grad_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> FlowOutput:
         """Runs the chain from ``(position, momentum)``.
 
@@ -201,8 +224,26 @@ class HamiltonianFlow(nn.Module):
         Keyword Args:
             state: ``[*batch, state_dim]`` features for gates built with ``state_dim > 0``.
             create_graph: differentiate through the chain (training); ``False`` when acting.
+            potential_grad_fn: ``grad_u U`` computed by the caller (e.g. with the parts of ``U``
+                whose gradient is known in closed form written out), used instead of
+                autograd through ``potential_fn``. It must return the same gradient and honour
+                ``create_graph`` itself: a graph to ``position`` and the parameters when
+                ``True``, none when ``False``.
+
+        Examples:
+            >>> flow = HamiltonianFlow(2, num_steps=3, step_size=0.1, gated=False)
+            >>> u0, rho0 = torch.zeros(4, 2), torch.ones(4, 2)
+            >>> potential = lambda u: 0.5 * (u**2).sum(-1)
+            >>> by_autograd = flow(u0, rho0, potential)
+            >>> by_hand = flow(u0, rho0, potential, potential_grad_fn=lambda u: u)
+            >>> torch.testing.assert_close(by_hand.position, by_autograd.position)
         """
-        force = self.force_fn(potential_fn, state=state, create_graph=create_graph)
+        force = self.force_fn(
+            potential_fn,
+            state=state,
+            create_graph=create_graph,
+            potential_grad_fn=potential_grad_fn,
+        )
         if self.num_steps == 0:
             # The base policy: no gradient is needed, so none is computed.
             zeros = torch.zeros_like(position)

@@ -305,6 +305,9 @@ class HMCLoss(LossModule):
 
     def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
         """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
+        if self.actor.has_fast_critic:
+            # The actor's batched-matmul evaluation of the same critic (HMCActor.critic_values).
+            return self.actor.critic_values(td, action, params)
         td = td.select(*self.qvalue_network.in_keys, strict=False)
         td.set(self.tensor_keys.action, action)
         return self._vmap_qvalue(td, params).squeeze(-1)
@@ -346,19 +349,32 @@ class HMCLoss(LossModule):
                 out = HMCSample(*(t[~out.divergent] for t in out))
         return out, tensordict, num_divergent
 
-    def _objective(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
-        """Per-state ``J`` of eq. 17 (critic detached, prior frozen)."""
-        q = self._qvalues(tensordict, out.action, self.qvalue_network_params.detach()).min(0).values
+    def _objective(
+        self, tensordict: TensorDictBase, out: HMCSample, q: Tensor | None = None
+    ) -> Tensor:
+        """Per-state ``J`` of eq. 17 (critic detached, prior frozen).
+
+        ``q``: ``min_i Q_i(s, aK)`` with detached critics, if the caller has it already.
+        """
+        if q is None:
+            q = self._min_q_end(tensordict, out)
         kl = out.log_prob - normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
         return q - self.beta * kl - 0.5 * self.beta * out.rhoK.pow(2).sum(-1)
+
+    def _min_q_end(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
+        """``min_i Q_i(s, aK)``: differentiable w.r.t. the action, not the critics."""
+        critics = self.qvalue_network_params.detach()
+        return self._qvalues(tensordict, out.action, critics).min(0).values
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
         freeze = "h" if self.update_mode == "alternating" else None
         out, states, num_divergent = self._chain(tensordict, freeze)
-        metadata = self._diagnostics(states, out)
+        # One critic evaluation at aK serves the objective and, detached, the diagnostics.
+        q_end = self._min_q_end(states, out)
+        metadata = self._diagnostics(states, out, q_end.detach())
         metadata["num_divergent"] = num_divergent.to(metadata["elbo_gap"].dtype)
-        return -self._objective(states, out).mean(), metadata
+        return -self._objective(states, out, q_end).mean(), metadata
 
     def hmc_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and gate nets."""
@@ -366,7 +382,10 @@ class HMCLoss(LossModule):
         return -self._objective(states, out).mean(), {}
 
     @torch.no_grad()
-    def _diagnostics(self, tensordict: TensorDictBase, out: HMCSample) -> dict[str, Tensor]:
+    def _diagnostics(
+        self, tensordict: TensorDictBase, out: HMCSample, q_end: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Detached diagnostics of a chain; ``q_end``: ``min_i Q_i(s, aK)`` if already known."""
         beta = self.beta
         log_prior_u0 = normal_log_prob(out.u0, out.prior_loc, out.prior_scale)
         log_prior_uK = normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
@@ -375,7 +394,8 @@ class HMCLoss(LossModule):
         params = self.qvalue_network_params
         low, high = self.actor.action_low, self.actor.action_high
         q_start = self._qvalues(tensordict, squash(out.u0, low, high), params).min(0).values
-        q_end = self._qvalues(tensordict, out.action, params).min(0).values
+        if q_end is None:
+            q_end = self._qvalues(tensordict, out.action, params).min(0).values
         # ELBO (eq. 15) in units of Q / beta, at the chain's end and at its start (K = 0).
         elbo_end = q_end / beta + log_prior_uK + log_rhoK - out.log_prob - log_rho0
         elbo_start = q_start / beta + log_prior_u0 - out.log_prob
