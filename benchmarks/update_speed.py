@@ -68,7 +68,7 @@ from torchrl.modules import (
 )
 from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss
 
-from torchrl_mcmc import HMCActor, HMCLoss, PIDController
+from torchrl_mcmc import HMCActor, HMCLoss, LangevinFlowActor, LangevinFlowLoss, PIDController
 
 logger = logging.getLogger("benchmarks.update_speed")
 
@@ -149,6 +149,18 @@ def make_hmc_actor(cfg: Config) -> HMCActor:
         action_spec=cfg.action_spec,
         num_steps=cfg.num_steps,
         gate_hidden=GATE_HIDDEN,
+    )
+
+
+def make_ld_actor(cfg: Config) -> LangevinFlowActor:
+    """TD3's actor refined by K Langevin coupling layers (gate-sized 16-unit nets)."""
+    return LangevinFlowActor(
+        make_td3_actor(cfg),
+        make_critic(),
+        state_dim=OBS_DIM,
+        action_spec=cfg.action_spec,
+        num_layers=max(cfg.num_steps, 1),
+        hidden=GATE_HIDDEN,
     )
 
 
@@ -258,6 +270,32 @@ def td3_update(cfg: Config) -> UpdateFn:
     return update
 
 
+def ld_td3_update(cfg: Config) -> UpdateFn:
+    loss = LangevinFlowLoss(make_ld_actor(cfg), loss_function="l2")
+    loss.make_value_estimator(gamma=GAMMA)
+    target_updater = SoftUpdate(loss, eps=TAU_EPS)
+    pid = PIDController(target=0.1, beta_init=1.0, beta_min=1e-3, beta_max=100.0)
+    critic_optim = _adam(loss.critic_parameters())
+    policy_optim = _adam(loss.policy_parameters())
+    flow_optim = _adam(loss.flow_parameters())
+
+    def update(batch: TensorDictBase) -> None:
+        # As td3_update: the policy (and here the flow) updated at every step (delay 1).
+        loss_qvalue, _ = loss.qvalue_loss(batch)
+        loss_qvalue.backward()
+        _step([critic_optim])
+        loss_actor, metadata = loss.actor_loss(batch)
+        loss_actor.backward()
+        _step([policy_optim])
+        loss_flow, _ = loss.flow_loss(batch)  # eq. 11: h at the new theta
+        loss_flow.backward()
+        _step([flow_optim])
+        target_updater.step()
+        loss.beta = pid.update(metadata["policy_distance"])
+
+    return update
+
+
 # ------------------------------------------------------------------------------- acting
 def sac_policy(cfg: Config) -> nn.Module:
     return make_policy(cfg)
@@ -275,6 +313,12 @@ def td3_policy(cfg: Config) -> nn.Module:
         spec=cfg.action_spec, sigma_init=0.1, sigma_end=0.1, annealing_num_steps=1
     )
     return TensorDictSequential(make_td3_actor(cfg), exploration)
+
+
+def ld_policy(cfg: Config) -> nn.Module:
+    actor = make_ld_actor(cfg)
+    LangevinFlowLoss(actor)  # hands its twin critics to the actor, as in training
+    return actor
 
 
 # ------------------------------------------------------------------------------- registry
@@ -314,14 +358,13 @@ METHODS: dict[str, Method] = {
         policy_name="hmc",
     ),
     "td3": Method(td3_update, build_policy=td3_policy, policy_name="td3"),
-    # ---- ld_td3 plugs in here (LangevinFlowLoss over TD3's critic, being written) ------------
-    # "ld_td3": Method(
-    #     ld_td3_update,           # cfg -> update(batch): critic + delayed flow/actor + SoftUpdate
-    #     baseline="td3",          # the ratio LD/TD3 of BENCHMARKS.md §1
-    #     uses_num_steps=True,     # K coupling layers
-    #     build_policy=ld_policy,  # LangevinFlowActor(make_td3_actor(cfg), make_critic(), ...)
-    #     policy_name="ld",
-    # ),
+    "ld_td3": Method(
+        ld_td3_update,
+        baseline="td3",  # the ratio LD/TD3 of BENCHMARKS.md section 1
+        uses_num_steps=True,  # K coupling layers
+        build_policy=ld_policy,
+        policy_name="ld",
+    ),
 }
 
 #: the policy the collection ratios are taken against, per acting policy
