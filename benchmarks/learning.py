@@ -4,6 +4,7 @@
     python benchmarks/learning.py run --tier M --methods sac hmc_sac --seeds 0
     python benchmarks/learning.py aggregate --tier Q        # tables, IQM CIs, curves
     python benchmarks/learning.py status --tier M           # finished / partial / pending
+    python benchmarks/learning.py collect --tier Q          # re-copy finished runs' results
 
 Each run is one example script (``examples/<method>.py``) in its own run directory under
 ``runs/benchmarks/<tier>/<method>/<env>/seed<N>`` (git-ignored: checkpoints hold replay
@@ -146,13 +147,39 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def _collect(tier_name: str, method: str, env: str, seed: int) -> None:
-    """Copies a finished run's summary (with its config) into the committed results."""
+    """Copies a finished run's summary (with its config and diagnostics) into the results."""
     directory = run_dir(tier_name, method, env, seed)
     summary = json.loads((directory / "summary.json").read_text())
     summary["config"] = (directory / "config.yaml").read_text()
+    summary["diagnostics"] = _diagnostics(directory)
     target = result_path(tier_name, method, env, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(summary, indent=1))
+
+
+def _diagnostics(directory: Path) -> dict[str, dict[str, float]]:
+    """Per training scalar (beta, policy distance, ELBO gap, ...): its mean over the first and
+    the last quarter of the logged iterations, and its last value."""
+    out = {}
+    for path in sorted((directory / "logs" / "train" / "scalars" / "train").glob("*.csv")):
+        values = np.loadtxt(path, delimiter=",", ndmin=2)[:, 1]
+        quarter = max(1, len(values) // 4)
+        out[path.stem] = {
+            "first_quarter_mean": float(values[:quarter].mean()),
+            "last_quarter_mean": float(values[-quarter:].mean()),
+            "last": float(values[-1]),
+        }
+    return out
+
+
+def collect_finished(tier_name: str) -> int:
+    """(Re)copies every finished run of the tier into the results; returns how many."""
+    count = 0
+    for method, env, seed in _grid(tier_name, None, None, None):
+        if (run_dir(tier_name, method, env, seed) / "summary.json").exists():
+            _collect(tier_name, method, env, seed)
+            count += 1
+    return count
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -197,6 +224,7 @@ def aggregate(tier_name: str) -> dict:
             "iqm_ci95": [low, high],
             "frames": [r["frames"] for r in runs],
             "wall_time_s": [r["wall_time_s"] for r in runs],
+            "diagnostics_last_quarter_mean": _mean_diagnostics(runs),
         }
     pending = [
         {
@@ -229,6 +257,24 @@ def aggregate(tier_name: str) -> dict:
     for env in table:
         plot_curves(tier_name, env)
     return out
+
+
+def _mean_diagnostics(runs: list[dict]) -> dict[str, float]:
+    """Seed-mean of each diagnostic's last-quarter mean (runs collected before diagnostics
+    existed contribute nothing)."""
+    keys = sorted({k for r in runs for k in r.get("diagnostics", {})})
+    return {
+        k: float(
+            np.mean(
+                [
+                    r["diagnostics"][k]["last_quarter_mean"]
+                    for r in runs
+                    if k in r.get("diagnostics", {})
+                ]
+            )
+        )
+        for k in keys
+    }
 
 
 def plot_curves(tier_name: str, env: str) -> Path:
@@ -286,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("action", choices=["run", "aggregate", "status"])
+    parser.add_argument("action", choices=["run", "collect", "aggregate", "status"])
     parser.add_argument("--tier", choices=sorted(TIERS), default="Q")
     parser.add_argument("--methods", nargs="*", help="subset of the tier's methods")
     parser.add_argument("--envs", nargs="*", help="subset of the tier's envs")
@@ -304,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{name} {sorted(unknown)} not in tier {args.tier}: {list(allowed)}")
     if args.action == "run":
         return run_grid(args)
+    if args.action == "collect":
+        logger.info("collected %d finished runs", collect_finished(args.tier))
+        return 0
     if args.action == "status":
         for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
             print(f"{_status(args.tier, method, env, seed):9s} {method:8s} {env:16s} seed {seed}")
