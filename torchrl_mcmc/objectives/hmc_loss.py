@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule
-from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
-from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+from torchrl.objectives.utils import distance_loss
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, standard_normal_log_prob
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
+from torchrl_mcmc.objectives._common import MCMCPolicyLoss
 
 __all__ = ["HMCLoss"]
 
@@ -29,7 +27,7 @@ UpdateMode = Literal["alternating", "joint"]
 TargetEntropy = Literal["none", "auxiliary"]
 
 
-class HMCLoss(LossModule):
+class HMCLoss(MCMCPolicyLoss):
     """Objective (17) of MCMC policy optimisation, as a TorchRL loss.
 
     Per state, with ``(uK, rhoK)`` the end of the actor's chain started at
@@ -118,35 +116,6 @@ class HMCLoss(LossModule):
         0.5
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        """Tensordict keys the loss reads, renamable with :meth:`set_keys`.
-
-        Attributes:
-            action: the (squashed) action taken in the environment. Defaults to the actor's.
-            state_action_value: the critic's output key. Defaults to the critic's.
-            value: where the next-state value is written for the value estimator.
-            reward: reward key, under ``"next"``.
-            done: done key, under ``"next"``.
-            terminated: terminated key, under ``"next"``.
-        """
-
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        value: NestedKey = "state_value"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-
-    default_keys = _AcceptedKeys
-    tensor_keys: _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
-
     actor_network: TensorDictModule
     actor_network_params: TensorDictParams
     target_actor_network_params: TensorDictParams
@@ -198,87 +167,10 @@ class HMCLoss(LossModule):
         self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
         self.set_keys(action=actor.action_key, state_action_value=actor.value_key)
 
-    # ------------------------------------------------------------------ beta
-    @property
-    def beta(self) -> Tensor:
-        """The KL multiplier (the actor's buffer, shared, written in place)."""
-        return self.actor.beta
-
-    @beta.setter
-    def beta(self, value: float | Tensor) -> None:
-        value = torch.as_tensor(value, dtype=self.actor.beta.dtype)
-        if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
-            raise ValueError(f"beta must be a finite scalar > 0, got {value}.")
-        self.actor.beta.copy_(value.reshape(()))
-
     # ------------------------------------------------------------------ parameter groups
-    def policy_parameters(self) -> Iterator[nn.Parameter]:
-        """``theta``: the base policy's parameters."""
-        return iter(list(self.actor_network_params.values(True, True)))
-
     def hmc_parameters(self) -> Iterator[nn.Parameter]:
         """``h``: the chain's step sizes and gate nets."""
         return self.actor.flow.parameters()
-
-    def critic_parameters(self) -> Iterator[nn.Parameter]:
-        """The trained critics (not their targets)."""
-        return iter(list(self.qvalue_network_params.values(True, True)))
-
-    def refresh_prior(self) -> None:
-        """Copies ``theta`` into the frozen prior ``theta_t``; once per policy iteration."""
-        self.actor.refresh_prior()
-
-    # ------------------------------------------------------------------ TorchRL plumbing
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
-        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
-        if value_type is None:
-            return
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hp,
-        )
-
-    def _set_in_keys(self) -> None:
-        state_keys = list(self.actor.in_keys)
-        keys = [
-            self.tensor_keys.action,
-            *state_keys,
-            *[("next", k) for k in state_keys],
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-        ]
-        self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values) -> None:
-        self._in_keys = values
 
     @property
     def out_keys(self) -> list[str]:
