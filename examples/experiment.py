@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +114,37 @@ def _setup_file_logging(run_dir: Path) -> None:
     package_logger = logging.getLogger("torchrl_mcmc")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
+
+
+def provenance() -> dict[str, Any]:
+    """Git commit (and whether the tree was dirty), date and CPU of this run (BENCHMARKS.md)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+            return out.stdout.strip()
+        except OSError:
+            return ""
+
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": cpu,
+    }
 
 
 def versions() -> dict[str, str]:
@@ -394,6 +426,7 @@ def _write_summary(cfg: DictConfig, run_dir: Path, progress: _Progress) -> None:
         "wall_time_s": round(progress.wall_time, 1),
         "command": " ".join(sys.argv),
         "versions": versions(),
+        **provenance(),
         "device": str(resolve_device(cfg.device)),
         "threads": torch.get_num_threads(),
     }
