@@ -225,6 +225,11 @@ def aggregate(tier_name: str) -> dict:
             "frames": [r["frames"] for r in runs],
             "wall_time_s": [r["wall_time_s"] for r in runs],
             "diagnostics_last_quarter_mean": _mean_diagnostics(runs),
+            # Runs before the scripts recorded their commit say so.
+            "git_commits": sorted({r.get("git_commit", "not recorded") for r in runs}),
+            "versions": runs[0].get("versions"),
+            "cpu": sorted({r.get("cpu", "not recorded") for r in runs}),
+            "threads": sorted({r.get("threads") for r in runs}),
         }
     pending = [
         {
@@ -239,6 +244,8 @@ def aggregate(tier_name: str) -> dict:
     ]
     out = {
         "tier": tier_name,
+        "command": " ".join(sys.argv),
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "protocol": {
             "envs": tier.envs,
             "frames": tier.frames,
