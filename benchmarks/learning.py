@@ -214,6 +214,7 @@ def aggregate(tier_name: str) -> dict:
     table: dict[str, dict[str, dict]] = {}
     for (env, method), runs in sorted(load_results(tier_name).items()):
         finals = np.array([r["final_return"] for r in runs])
+        last = np.array([r["eval_history"][-1]["eval_return"] for r in runs])
         iqm, low, high = iqm_with_ci(finals)
         table.setdefault(env, {})[method] = {
             "seeds": [r["seed"] for r in runs],
@@ -222,6 +223,8 @@ def aggregate(tier_name: str) -> dict:
             "std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
             "iqm": iqm,
             "iqm_ci95": [low, high],
+            "last_eval_mean": float(last.mean()),
+            "last_eval_std": float(last.std(ddof=1)) if len(last) > 1 else 0.0,
             "frames": [r["frames"] for r in runs],
             "wall_time_s": [r["wall_time_s"] for r in runs],
             "diagnostics_last_quarter_mean": _mean_diagnostics(runs),
@@ -334,6 +337,23 @@ def print_table(out: dict) -> None:
         print(f"\npending: {len(out['pending'])} runs; continue with: {out['continue_with']}")
 
 
+def markdown_table(out: dict) -> str:
+    """The README's results table for one tier (from ``aggregate``'s output)."""
+    rows = [
+        "| env | method | seeds | final score mean ± std | IQM [95% CI] | last eval mean ± std |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env, methods in out["results"].items():
+        for method, r in methods.items():
+            low, high = r["iqm_ci95"]
+            rows.append(
+                f"| {env} | {method} | {len(r['seeds'])} | {r['mean']:.1f} ± {r['std']:.1f} "
+                f"| {r['iqm']:.1f} [{low:.1f}, {high:.1f}] "
+                f"| {r['last_eval_mean']:.1f} ± {r['last_eval_std']:.1f} |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(
@@ -364,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
             print(f"{_status(args.tier, method, env, seed):9s} {method:8s} {env:16s} seed {seed}")
         return 0
-    print_table(aggregate(args.tier))
+    out = aggregate(args.tier)
+    print_table(out)
+    print("\n" + markdown_table(out))
     return 0
 
 
