@@ -84,12 +84,21 @@ def result_path(tier: str, method: str, env: str, seed: int) -> Path:
     return RESULTS / tier / method / env / f"seed{seed}.json"
 
 
+def _portable(path: Path) -> str:
+    """``path`` relative to the repository when inside it (commands run from the root)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) -> list[str]:
+    """The example-script command of one run, to be run from the repository root."""
     tier = TIERS[tier_name]
-    directory = run_dir(tier_name, method, env, seed)
+    directory = _portable(run_dir(tier_name, method, env, seed))
     cmd = [
-        sys.executable,
-        str(ROOT / "examples" / f"{method}.py"),
+        "python",
+        f"examples/{method}.py",
         *tier.overrides,
         f"env={env}",
         f"seed={seed}",
@@ -100,7 +109,7 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
         f"hydra.run.dir={directory}",
         *extra,
     ]
-    if (directory / "latest_checkpoint.txt").exists():
+    if (run_dir(tier_name, method, env, seed) / "latest_checkpoint.txt").exists():
         cmd.append(f"resume={directory}")
     return cmd
 
@@ -136,7 +145,9 @@ def run_grid(args: argparse.Namespace) -> int:
         logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
         started = time.monotonic()
         with open(directory.parent / f"seed{seed}.log", "a") as log:
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            code = subprocess.call(
+                [sys.executable, *cmd[1:]], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         if code != 0 or not (directory / "summary.json").exists():
             logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
             failures += 1
