@@ -373,8 +373,9 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
             for _ in range(max(1, round(frames * cfg.optim.utd_ratio))):
                 metrics.append(method.update(buffer.sample()))
             progress.updates += len(metrics)
-            for key in metrics[0]:
-                scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics]))
+            # Delayed updates (TD3) report some keys only on some steps: average what is there.
+            for key in dict.fromkeys(k for m in metrics for k in m):
+                scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics if key in m]))
             for key, value in method.end_iteration(metrics).items():
                 scalars[f"train/{key}"] = value
             last["beta"] = scalars.get("train/beta", last["beta"])
