@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import (
     InteractionType,
     ProbabilisticTensorDictModule,
@@ -28,6 +28,7 @@ from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
+from torchrl_mcmc.modules._common import MCMCActorBase
 from torchrl_mcmc.modules._fast_paths import (
     _PiecewiseLinearCritic,
     _plain_policy,
@@ -97,7 +98,7 @@ def _probabilistic_module(
     return found[-1]
 
 
-class HMCActor(TensorDictModuleBase):
+class HMCActor(MCMCActorBase):
     """A stochastic actor refined by ``K`` steps of (gated) Hamiltonian dynamics on the critic.
 
     The wrapped policy proposes ``u0 ~ pi_theta(.|s)`` (a Gaussian in the unsquashed space: the
@@ -294,22 +295,7 @@ class HMCActor(TensorDictModuleBase):
         """Whether the critic takes the fast path of :meth:`critic_values` (a ReLU ``MLP``)."""
         return self._fast_critic is not None
 
-    # ------------------------------------------------------------------ critic hand-over
-    def bind_critic_params(self, params: TensorDictParams) -> None:
-        """Makes the actor evaluate ``Q`` with ``params`` (the ones a loss trains).
-
-        Args:
-            params: parameters of :attr:`critic` with a leading critic dimension, e.g.
-                ``loss.qvalue_network_params`` of shape ``[num_qvalue_nets]``. The same object is
-                kept (not a copy), so every optimiser step on it is seen by the next action.
-        """
-        if not isinstance(params, TensorDictParams) or params.ndim != 1:
-            raise ValueError(
-                "params must be a TensorDictParams with one leading critic dimension, got "
-                f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
-            )
-        self.critic_params = params
-
+    # ------------------------------------------------------------------ critics
     def critic_value(
         self,
         tensordict: TensorDictBase,
@@ -411,20 +397,6 @@ class HMCActor(TensorDictModuleBase):
             return grad
 
         return by_autograd
-
-    # ------------------------------------------------------------------ prior
-    @torch.no_grad()
-    def refresh_prior(self) -> None:
-        """Copies the policy's current parameters and buffers into the frozen prior ``theta_t``.
-
-        Call once per policy iteration (one collector batch), not after every SGD step: with
-        ``theta_t = theta`` the KL term of objective (17) has zero expected gradient and stops
-        regularising (DESIGN §1.1).
-        """
-        for target, source in zip(self.prior.parameters(), self.policy.parameters(), strict=True):
-            target.copy_(source)
-        for target, source in zip(self.prior.buffers(), self.policy.buffers(), strict=True):
-            target.copy_(source)
 
     # ------------------------------------------------------------------ the chain
     def potential_fn(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModuleBase, TensorDictSequential
 from tensordict.nn.probabilistic import interaction_type
 from tensordict.utils import NestedKey
@@ -22,6 +22,7 @@ from torchrl.modules import TanhModule
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
+from torchrl_mcmc.modules._common import MCMCActorBase
 
 __all__ = ["LangevinFlowActor", "LangevinSample", "add_action_noise"]
 
@@ -99,7 +100,7 @@ def _tanh_module(policy: TensorDictModuleBase) -> TanhModule:
     return last
 
 
-class LangevinFlowActor(TensorDictModuleBase):
+class LangevinFlowActor(MCMCActorBase):
     """A deterministic actor refined by ``K`` Langevin coupling layers on the critic (§3.1).
 
     The wrapped TD3 actor proposes ``u0`` (its output *before* its ``TanhModule``, so the flow
@@ -329,22 +330,7 @@ class LangevinFlowActor(TensorDictModuleBase):
             )
         return action_spec
 
-    # ------------------------------------------------------------------ critic hand-over
-    def bind_critic_params(self, params: TensorDictParams) -> None:
-        """Makes the actor evaluate ``Q`` with ``params`` (the ones a loss trains).
-
-        Args:
-            params: parameters of :attr:`critic` with a leading critic dimension, e.g.
-                ``loss.qvalue_network_params`` of shape ``[num_qvalue_nets]``. The same object is
-                kept (not a copy), so every optimiser step on it is seen by the next action.
-        """
-        if not isinstance(params, TensorDictParams) or params.ndim != 1:
-            raise ValueError(
-                "params must be a TensorDictParams with one leading critic dimension, got "
-                f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
-            )
-        self.critic_params = params
-
+    # ------------------------------------------------------------------ critics
     def critic_value(
         self,
         tensordict: TensorDictBase,
@@ -371,20 +357,6 @@ class LangevinFlowActor(TensorDictModuleBase):
     def _critic_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
         with params.to_module(self.critic):
             return self.critic(td.copy()).get(self.value_key)
-
-    # ------------------------------------------------------------------ prior
-    @torch.no_grad()
-    def refresh_prior(self) -> None:
-        """Copies the policy's current parameters and buffers into the frozen prior ``theta_t``.
-
-        Call once per policy iteration (one collector batch), not after every SGD step: with
-        ``theta_t = theta`` the distance term of objective (10) is measured from the very policy
-        being trained and stops holding it near the last one (DESIGN §1.1, §1.2).
-        """
-        for target, source in zip(self.prior.parameters(), self.policy.parameters(), strict=True):
-            target.copy_(source)
-        for target, source in zip(self.prior.buffers(), self.policy.buffers(), strict=True):
-            target.copy_(source)
 
     # ------------------------------------------------------------------ the flow
     def potential_fn(
