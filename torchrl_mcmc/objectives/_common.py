@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDictParams
+from tensordict import TensorDictBase, TensorDictParams
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.objectives.common import LossModule
@@ -60,6 +60,28 @@ class MCMCPolicyLoss(LossModule):
         ValueEstimators.TD1,
         ValueEstimators.TDLambda,
     )
+
+    # ------------------------------------------------------------------ critics
+    def _convert_critics(self, num_qvalue_nets: int, *, create_target_params: bool) -> None:
+        """Twin critics for ``self.actor``, handed back to it.
+
+        ``num_qvalue_nets`` fresh copies of the actor's critic (plus Polyak targets for
+        :class:`~torchrl.objectives.SoftUpdate`) are bound to the actor, so that collection uses
+        exactly the parameters trained here (DESIGN §1.1).
+        """
+        self.convert_to_functional(
+            self.actor.critic,
+            "qvalue_network",
+            num_qvalue_nets,
+            create_target_params=create_target_params,
+        )
+        self.actor.bind_critic_params(self.qvalue_network_params)
+        self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
+        self.set_keys(action=self.actor.action_key, state_action_value=self.actor.value_key)
+
+    def _qvalue_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
+        with params.to_module(self.qvalue_network):
+            return self.qvalue_network(td.copy()).get(self.tensor_keys.state_action_value)
 
     # ------------------------------------------------------------------ beta
     @property

@@ -158,14 +158,7 @@ class HMCLoss(MCMCPolicyLoss):
         self.target_entropy = target_entropy
         # theta: the policy's own Parameter objects (no copy), so the actor trains with them.
         self.convert_to_functional(actor.policy, "actor_network", create_target_params=False)
-        # The critics: num_qvalue_nets fresh copies plus Polyak targets, handed back to the
-        # actor so that collection uses exactly the parameters trained here (DESIGN §1.1).
-        self.convert_to_functional(
-            actor.critic, "qvalue_network", num_qvalue_nets, create_target_params=True
-        )
-        actor.bind_critic_params(self.qvalue_network_params)
-        self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
-        self.set_keys(action=actor.action_key, state_action_value=actor.value_key)
+        self._convert_critics(num_qvalue_nets, create_target_params=True)
 
     # ------------------------------------------------------------------ parameter groups
     def hmc_parameters(self) -> Iterator[nn.Parameter]:
@@ -191,10 +184,6 @@ class HMCLoss(MCMCPolicyLoss):
     )
 
     # ------------------------------------------------------------------ critics
-    def _qvalue_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
-        with params.to_module(self.qvalue_network):
-            return self.qvalue_network(td.copy()).get(self.tensor_keys.state_action_value)
-
     def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
         """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
         if self.actor.has_fast_critic:

@@ -191,14 +191,7 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         # is trained here; their Polyak copies feed the TD target (TD3's target actor).
         self.convert_to_functional(actor.policy, "actor_network", create_target_params=delay_actor)
         self.convert_to_functional(actor.flow, "flow_network", create_target_params=delay_actor)
-        # The critics: num_qvalue_nets fresh copies plus Polyak targets, handed back to the
-        # actor so that collection uses exactly the parameters trained here (DESIGN §1.1).
-        self.convert_to_functional(
-            actor.critic, "qvalue_network", num_qvalue_nets, create_target_params=delay_qvalue
-        )
-        actor.bind_critic_params(self.qvalue_network_params)
-        self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
-        self.set_keys(action=actor.action_key, state_action_value=actor.value_key)
+        self._convert_critics(num_qvalue_nets, create_target_params=delay_qvalue)
 
     # ------------------------------------------------------------------ parameter groups
     def flow_parameters(self) -> Iterator[nn.Parameter]:
@@ -222,10 +215,6 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     )
 
     # ------------------------------------------------------------------ critics
-    def _qvalue_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
-        with params.to_module(self.qvalue_network):
-            return self.qvalue_network(td.copy()).get(self.tensor_keys.state_action_value)
-
     def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
         """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
         td = td.select(*self.qvalue_network.in_keys, strict=False)
