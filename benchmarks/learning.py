@@ -45,6 +45,19 @@ class Tier:
     eval_interval: int
     #: Hydra overrides every run of the tier shares (same for method and baseline).
     overrides: tuple[str, ...] = ()
+    #: A tier whose runs of the same method, env and seed are this tier's too (identical
+    #: commands): they are read from, and run into, that tier's directories, never twice.
+    reuses: str | None = None
+
+
+#: Variants: a method name that is an example script run with extra Hydra overrides. The
+#: override ``method=<name>`` names the run's directory and results after the variant.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "hmc_sac_k0": ("hmc_sac", ("hmc.num_steps=0",)),
+    "hmc_sac_nogate": ("hmc_sac", ("hmc.gated=false",)),
+    "hmc_sac_fixedbeta": ("hmc_sac", ("pid.enabled=false",)),
+    "hmc_sac_joint": ("hmc_sac", ("hmc.update_mode=joint",)),
+}
 
 
 #: BENCHMARKS.md §3. Tier Q uses the quick preset's data schedule (the only way 20 runs fit
@@ -57,6 +70,17 @@ TIERS = {
         methods=("sac", "hmc_sac", "td3", "ld_td3"),
         eval_interval=5_000,
         overrides=("preset=quick",),
+    ),
+    # BENCHMARKS.md §3 ablations: which part of HMC-SAC earns what. The full method
+    # (alternating updates, gates, PID, K=5) and SAC are tier Q's seeds 0-2.
+    "QA": Tier(
+        envs=("Pendulum-v1",),
+        frames=15_000,
+        seeds=(0, 1, 2),
+        methods=("sac", "hmc_sac", *VARIANTS),
+        eval_interval=5_000,
+        overrides=("preset=quick",),
+        reuses="Q",
     ),
     "M": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4"),
@@ -76,12 +100,18 @@ TIERS = {
 BASELINE = {"hmc_sac": "sac", "ld_td3": "td3"}
 
 
+def _owner(tier: str, method: str) -> str:
+    """The tier whose directories hold this tier's runs of ``method``."""
+    reused = TIERS[tier].reuses
+    return reused if reused is not None and method in TIERS[reused].methods else tier
+
+
 def run_dir(tier: str, method: str, env: str, seed: int) -> Path:
-    return RUNS / tier / method / env / f"seed{seed}"
+    return RUNS / _owner(tier, method) / method / env / f"seed{seed}"
 
 
 def result_path(tier: str, method: str, env: str, seed: int) -> Path:
-    return RESULTS / tier / method / env / f"seed{seed}.json"
+    return RESULTS / _owner(tier, method) / method / env / f"seed{seed}.json"
 
 
 def _portable(path: Path) -> str:
@@ -96,10 +126,12 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
     """The example-script command of one run, to be run from the repository root."""
     tier = TIERS[tier_name]
     directory = _portable(run_dir(tier_name, method, env, seed))
+    script, variant = VARIANTS.get(method, (method, ()))
     cmd = [
         "python",
-        f"examples/{method}.py",
+        f"examples/{script}.py",
         *tier.overrides,
+        *((*variant, f"method={method}") if variant else ()),
         f"env={env}",
         f"seed={seed}",
         f"collector.total_frames={tier.frames}",
@@ -197,9 +229,11 @@ def collect_finished(tier_name: str) -> int:
 def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
     """``{(env, method): [summary, ...]}`` of the finished runs, sorted by seed."""
     results: dict[tuple[str, str], list[dict]] = {}
-    for path in sorted((RESULTS / tier_name).glob("*/*/seed*.json")):
-        summary = json.loads(path.read_text())
-        results.setdefault((summary["env"], summary["method"]), []).append(summary)
+    for method, env, seed in _grid(tier_name, None, None, None):
+        path = result_path(tier_name, method, env, seed)
+        if path.exists():
+            summary = json.loads(path.read_text())
+            results.setdefault((summary["env"], summary["method"]), []).append(summary)
     for runs in results.values():
         runs.sort(key=lambda s: s["seed"])
     return results
@@ -393,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "status":
         for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
-            print(f"{_status(args.tier, method, env, seed):9s} {method:8s} {env:16s} seed {seed}")
+            print(f"{_status(args.tier, method, env, seed):9s} {method:18s} {env:16s} seed {seed}")
         return 0
     out = aggregate(args.tier)
     print_table(out)
