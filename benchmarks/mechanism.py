@@ -415,13 +415,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "fresh", "threads")}
+    # The protocol a finished run was trained under; the grid (K values, seeds) may grow.
+    grid = ("output", "fresh", "threads", "num_steps", "seeds")
+    settings = {k: v for k, v in vars(args).items() if k not in grid}
     header = metadata(argv, args.threads)
     header["command"] = " ".join(["python benchmarks/mechanism.py", *argv])
     runs: list[dict] = []
     if args.output.exists() and not args.fresh:
         previous = json.loads(args.output.read_text())
-        if previous.get("settings") == settings:
+        kept = previous.get("settings", {})
+        if all(kept.get(k) == v for k, v in settings.items()):
             runs = previous["runs"]  # same protocol: keep what finished
     for kind, k, gated in configurations(args.num_steps):
         for seed in args.seeds:

@@ -81,3 +81,93 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     assert hmc["iqm"] == pytest.approx(-150.0) and hmc["iqm_ci95"] == pytest.approx([-150, -150])
     assert len(out["pending"]) == 10  # td3 and ld_td3 never ran
     assert (learning.RESULTS.parent / "learning_Q_Pendulum-v1.png").stat().st_size > 1000
+
+
+def test_ablation_variants_reuse_tier_q_runs_and_name_their_results(sandbox) -> None:
+    # The full method and SAC are tier Q's runs (same commands): read there, never redone.
+    assert learning.result_path("QA", "hmc_sac", "Pendulum-v1", 0) == learning.result_path(
+        "Q", "hmc_sac", "Pendulum-v1", 0
+    )
+    assert learning.run_dir("QA", "sac", "Pendulum-v1", 1) == learning.run_dir(
+        "Q", "sac", "Pendulum-v1", 1
+    )
+    variant = learning.result_path("QA", "hmc_sac_k0", "Pendulum-v1", 0)
+    assert variant.parts[-4:] == ("QA", "hmc_sac_k0", "Pendulum-v1", "seed0.json")
+    # A variant runs its script with its overrides and the variant's own method name.
+    cmd = learning.command("QA", "hmc_sac_fixedbeta", "Pendulum-v1", 2, [])
+    assert cmd[1] == "examples/hmc_sac.py"
+    assert "pid.enabled=false" in cmd and "method=hmc_sac_fixedbeta" in cmd
+    assert "preset=quick" in cmd and "seed=2" in cmd
+    assert learning.command("QA", "sac", "Pendulum-v1", 0, []) == learning.command(
+        "Q", "sac", "Pendulum-v1", 0, []
+    )
+    # Aggregation finds reused and own results alike.
+    for method, seed, final in (("hmc_sac", 0, -300.0), ("hmc_sac_k0", 0, -900.0)):
+        path = learning.result_path("QA", method, "Pendulum-v1", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_fake_summary(method, "Pendulum-v1", seed, final)))
+    found = learning.load_results("QA")
+    assert sorted(found) == [("Pendulum-v1", "hmc_sac"), ("Pendulum-v1", "hmc_sac_k0")]
+    assert learning.load_results("Q").keys() == {("Pendulum-v1", "hmc_sac")}
+
+
+# ------------------------------------------------------------------ mechanism benchmark
+def test_mechanism_log_partition_and_posterior_regret_match_monte_carlo() -> None:
+    import torch
+
+    from benchmarks import mechanism
+
+    torch.manual_seed(0)
+    state = torch.tensor([[0.3, -0.7], [0.9, 0.1]])
+    beta = 0.5  # broad enough for plain Monte Carlo from the prior to be accurate
+    log_z, regret = mechanism.posterior_moments(state, beta)
+    u = torch.randn(400_000, 1, 2, dtype=torch.float64)
+    q = -mechanism.CURVATURE * (u.tanh() - mechanism.optimum(state.double())).pow(2).sum(-1)
+    weights = (q / beta).exp()  # [samples, states]
+    mc_log_z = weights.mean(0).log()
+    mc_regret = (weights * -q).mean(0) / weights.mean(0)
+    torch.testing.assert_close(log_z.double(), mc_log_z, atol=5e-3, rtol=0)
+    torch.testing.assert_close(regret.double(), mc_regret, atol=5e-3, rtol=0)
+    # Jensen: log Z >= E_prior[Q / beta], with the gap a sharp posterior opens.
+    assert (log_z.double() > (q / beta).mean(0)).all()
+
+
+def test_mechanism_langevin_optimum_beats_a_dense_action_grid() -> None:
+    import torch
+
+    from benchmarks import mechanism
+
+    state = torch.tensor([[0.3, -0.7], [0.02, 0.01], [-0.5, 0.5]])  # the middle one shrinks to 0
+    beta = 0.2
+    best, value = mechanism.langevin_optimum(state, beta)
+    grid = torch.linspace(-1, 1, 801)
+    actions = torch.cartesian_prod(grid, grid)  # [g, 2]
+    target = mechanism.optimum(state).unsqueeze(1)  # [n, 1, 2]
+    objective = -mechanism.CURVATURE * (actions - target).pow(2).sum(-1) - beta * actions.norm(
+        dim=-1
+    )
+    grid_best = objective.max(-1)
+    assert (value >= grid_best.values - 1e-6).all()  # never beaten by the grid
+    torch.testing.assert_close(value, grid_best.values, atol=1e-4, rtol=0)
+    torch.testing.assert_close(best, actions[grid_best.indices], atol=5e-3, rtol=0)
+    assert best[1].abs().max() == 0  # |a*| < beta / 2C: the prior action itself
+
+
+def test_mechanism_grid_writes_results_and_resumes(tmp_path: Path) -> None:
+    from benchmarks import mechanism
+
+    output = tmp_path / "mechanism.json"
+    common = ["--iterations", "3", "--batch-size", "16", "--eval-states", "8", "--output"]
+    assert mechanism.main(["--num-steps", "0", "1", "--seeds", "0", *common, str(output)]) == 0
+    first = json.loads(output.read_text())
+    configs = [r["config"] for r in first["table"]]
+    assert configs == ["hmc K=0", "hmc K=1 gated", "hmc K=1 plain", "langevin K=0", "langevin K=1"]
+    for row in first["table"]:
+        assert row["gap"] > -0.05  # the known optimum bounds every estimate (up to MC noise)
+        assert row["regret"] >= row["regret_posterior"] - 0.05
+    assert output.with_suffix(".png").exists()
+    # Rerun with one more seed: the finished seed-0 runs are kept as they were.
+    assert mechanism.main(["--num-steps", "0", "1", "--seeds", "0", "1", *common, str(output)]) == 0
+    second = json.loads(output.read_text())
+    assert second["runs"][: len(first["runs"])] == first["runs"]
+    assert len(second["runs"]) == 2 * len(first["runs"])
