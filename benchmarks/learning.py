@@ -82,6 +82,17 @@ TIERS = {
         overrides=("preset=quick",),
         reuses="Q",
     ),
+    # Where a gap exists by design (DESIGN §1.4): tier Q with *linear* policies (critics
+    # unchanged), the RL counterpart of the mechanism benchmark. Same networks for method and
+    # baseline: SAC gets the same linear policy the HMC chain starts from.
+    "QW": Tier(
+        envs=("Pendulum-v1",),
+        frames=15_000,
+        seeds=(0, 1, 2, 3, 4),
+        methods=("sac", "hmc_sac", "td3", "ld_td3"),
+        eval_interval=5_000,
+        overrides=("preset=quick", "network.policy_hidden=[]"),
+    ),
     "M": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4"),
         frames=100_000,

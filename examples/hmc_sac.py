@@ -17,17 +17,18 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig
-from torchrl.objectives import SoftUpdate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
 
-from examples.experiment import run
+from examples.experiment import LossMethod, run
 from examples.utils import make_critic, make_stochastic_policy
-from torchrl_mcmc import HMCActor, HMCLoss, PIDController
+from torchrl_mcmc import HMCActor, HMCLoss
 
 
-class HMCSAC:
+class HMCSAC(LossMethod):
     """HMCActor + HMCLoss + PID-controlled beta, one update per call."""
+
+    pid_controlled = True
 
     def __init__(self, cfg: DictConfig, env, device: torch.device) -> None:
         self.actor = HMCActor(
@@ -42,23 +43,18 @@ class HMCSAC:
             gate_state_dim=env.observation_spec["observation"].shape[-1],
             beta=cfg.pid.beta_init,
         ).to(device)
-        self.loss = HMCLoss(
+        loss = HMCLoss(
             self.actor,
             loss_function=cfg.optim.loss_function,
             update_mode=cfg.hmc.update_mode,
             target_entropy=cfg.hmc.target_entropy,
         ).to(device)
-        self.loss.make_value_estimator(gamma=cfg.optim.gamma)
-        self.target_updater = SoftUpdate(self.loss, eps=cfg.optim.polyak)
-        self.optimizers = {
-            "policy": torch.optim.Adam(self.loss.policy_parameters(), lr=cfg.optim.lr),
-            "hmc": torch.optim.Adam(self.loss.hmc_parameters(), lr=cfg.hmc.lr),
-            "critic": torch.optim.Adam(self.loss.critic_parameters(), lr=cfg.optim.lr),
+        optimizers = {
+            "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),
+            "hmc": torch.optim.Adam(loss.hmc_parameters(), lr=cfg.hmc.lr),
+            "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
         }
-        gains = {k: v for k, v in cfg.pid.items() if k != "enabled"}
-        self.pid = PIDController(**gains) if cfg.pid.enabled else None
-        self.policy = self.actor
-        self.replay_keys = self.loss.in_keys
+        super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
 
     def begin_iteration(self) -> None:
         # theta_t <- theta once per policy iteration (DESIGN §1.1), never per SGD step.
@@ -69,34 +65,12 @@ class HMCSAC:
         total = out["loss_actor"] + out["loss_qvalue"]
         if "loss_hmc" in out:
             total = total + out["loss_hmc"]
-        for optim in self.optimizers.values():
-            optim.zero_grad(set_to_none=True)
-        total.backward()
-        for optim in self.optimizers.values():
-            optim.step()
+        self._step(total)
         self.target_updater.step()
         return {k: v.item() for k, v in out.items()}
 
     def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        if self.pid is None:
-            return {}
-        distance = sum(m["policy_distance"] for m in metrics) / len(metrics)
-        self.loss.beta = self.pid.update(distance)
-        return {"pid_distance": distance, "beta": self.pid.beta}
-
-    def state_dict(self) -> dict:
-        return {
-            "loss": self.loss.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "pid": self.pid.state_dict() if self.pid is not None else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loss.load_state_dict(state["loss"])
-        for key, optim in self.optimizers.items():
-            optim.load_state_dict(state["optimizers"][key])
-        if self.pid is not None:
-            self.pid.load_state_dict(state["pid"])
+        return self._update_beta(metrics) or {}
 
 
 @hydra.main(config_path="config", config_name="hmc_sac", version_base="1.3")

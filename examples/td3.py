@@ -13,21 +13,24 @@ import hydra
 import torch
 from omegaconf import DictConfig
 from tensordict.nn import TensorDictSequential
-from torchrl.objectives import SoftUpdate, TD3Loss
+from torchrl.objectives import TD3Loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
 
-from examples.experiment import run
+from examples.experiment import LossMethod, adam_for_actor_and_critics, run
 from examples.utils import make_critic, make_deterministic_policy, make_td3_exploration
 
 
-class TD3:
+class TD3(LossMethod):
     """TorchRL TD3: twin critics, target policy smoothing, delayed policy and target updates."""
+
+    optimizer_layout = "flat"
+    delayed_policy = True
 
     def __init__(self, cfg: DictConfig, env, device: torch.device) -> None:
         actor = make_deterministic_policy(cfg, env).to(device)
-        self.policy = TensorDictSequential(actor, make_td3_exploration(cfg, env)).to(device)
-        self.loss = TD3Loss(
+        policy = TensorDictSequential(actor, make_td3_exploration(cfg, env)).to(device)
+        loss = TD3Loss(
             actor,
             make_critic(cfg, env).to(device),
             num_qvalue_nets=2,
@@ -38,53 +41,19 @@ class TD3:
             delay_actor=True,
             delay_qvalue=True,
         ).to(device)
-        self.loss.make_value_estimator(gamma=cfg.optim.gamma)
-        self.target_updater = SoftUpdate(self.loss, eps=cfg.optim.polyak)
-        self.optim_actor = torch.optim.Adam(
-            self.loss.actor_network_params.values(True, True), lr=cfg.optim.lr
-        )
-        self.optim_critic = torch.optim.Adam(
-            self.loss.qvalue_network_params.values(True, True), lr=cfg.optim.lr
-        )
-        self.policy_delay = cfg.td3.policy_delay
-        self.steps = 0
-        self.replay_keys = self.loss.in_keys
-
-    def begin_iteration(self) -> None:
-        pass
+        optimizers = adam_for_actor_and_critics(loss, cfg.optim.lr)
+        super().__init__(cfg, loss, policy=policy, optimizers=optimizers)
 
     def update(self, batch) -> dict[str, float]:
-        self.steps += 1
         loss_qvalue, _ = self.loss.value_loss(batch)  # TorchRL's name for the critic loss
-        self.optim_critic.zero_grad(set_to_none=True)
-        loss_qvalue.backward()
-        self.optim_critic.step()
+        self._step(loss_qvalue, "critic")
         metrics = {"loss_qvalue": loss_qvalue.item()}
-        if self.steps % self.policy_delay == 0:
+        if self._policy_turn():
             loss_actor, _ = self.loss.actor_loss(batch)
-            self.optim_actor.zero_grad(set_to_none=True)
-            loss_actor.backward()
-            self.optim_actor.step()
+            self._step(loss_actor, "actor")
             self.target_updater.step()
             metrics["loss_actor"] = loss_actor.item()
         return metrics
-
-    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {
-            "loss": self.loss.state_dict(),
-            "optim_actor": self.optim_actor.state_dict(),
-            "optim_critic": self.optim_critic.state_dict(),
-            "steps": self.steps,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loss.load_state_dict(state["loss"])
-        self.optim_actor.load_state_dict(state["optim_actor"])
-        self.optim_critic.load_state_dict(state["optim_critic"])
-        self.steps = state["steps"]
 
 
 @hydra.main(config_path="config", config_name="td3", version_base="1.3")

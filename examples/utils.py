@@ -98,6 +98,12 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if not cfg.optim.utd_ratio > 0:
         raise ConfigError(f"optim.utd_ratio must be > 0, got {cfg.optim.utd_ratio}.")
+    for key in ("hidden", "policy_hidden"):
+        layers = cfg.network.get(key)
+        if layers is not None and not all(isinstance(w, int) and w > 0 for w in layers):
+            raise ConfigError(
+                f"network.{key} must be a list of positive layer widths, got {layers}."
+            )
     if "hmc" in cfg and cfg.hmc.num_steps < 0:
         raise ConfigError(f"hmc.num_steps (K) must be >= 0, got {cfg.hmc.num_steps}.")
     if "pid" in cfg and not cfg.pid.target > 0:
@@ -127,13 +133,24 @@ def make_train_env_factory(cfg: DictConfig):
 
 
 # ---------------------------------------------------------------------------- networks
-def _mlp(cfg: DictConfig, in_features: int, out_features: int) -> MLP:
+def _mlp(
+    cfg: DictConfig, in_features: int, out_features: int, hidden: list[int] | None = None
+) -> MLP:
     return MLP(
         in_features=in_features,
         out_features=out_features,
-        num_cells=list(cfg.network.hidden),
+        num_cells=list(cfg.network.hidden if hidden is None else hidden),
         activation_class=_ACTIVATIONS[cfg.network.activation],
     )
+
+
+def _policy_hidden(cfg: DictConfig) -> list[int] | None:
+    """``network.policy_hidden`` (``[]``: a linear policy), or None to use ``network.hidden``.
+
+    Read with ``get``: configurations saved before the key existed resume unchanged.
+    """
+    hidden = cfg.network.get("policy_hidden")
+    return None if hidden is None else list(hidden)
 
 
 def make_stochastic_policy(cfg: DictConfig, env: EnvBase) -> ProbabilisticActor:
@@ -141,7 +158,7 @@ def make_stochastic_policy(cfg: DictConfig, env: EnvBase) -> ProbabilisticActor:
     obs_dim = env.observation_spec["observation"].shape[-1]
     spec = env.action_spec
     net = nn.Sequential(
-        _mlp(cfg, obs_dim, 2 * spec.shape[-1]),
+        _mlp(cfg, obs_dim, 2 * spec.shape[-1], _policy_hidden(cfg)),
         NormalParamExtractor(scale_mapping=f"biased_softplus_{cfg.network.default_scale}"),
     )
     return ProbabilisticActor(
@@ -160,7 +177,9 @@ def make_deterministic_policy(cfg: DictConfig, env: EnvBase) -> TensorDictSequen
     spec = env.action_spec
     return TensorDictSequential(
         TensorDictModule(
-            _mlp(cfg, obs_dim, spec.shape[-1]), in_keys=["observation"], out_keys=["param"]
+            _mlp(cfg, obs_dim, spec.shape[-1], _policy_hidden(cfg)),
+            in_keys=["observation"],
+            out_keys=["param"],
         ),
         TanhModule(in_keys=["param"], out_keys=["action"], spec=spec),
     )

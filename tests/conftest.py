@@ -1,13 +1,30 @@
-"""Shared builders: small TorchRL policies and critics of the shapes our tests need."""
+"""Shared builders and checks: small TorchRL policies, critics and batches, gradient isolation."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
 import pytest
 import torch
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.data import Bounded
-from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.modules import (
+    MLP,
+    NormalParamExtractor,
+    ProbabilisticActor,
+    TanhModule,
+    TanhNormal,
+    ValueOperator,
+)
+from torchrl.objectives import LossModule
+
+# Tests import ``examples`` and ``benchmarks`` from the repository root: ``python -m pytest`` puts
+# it on sys.path, the ``pytest`` entry point does not.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_policy(
@@ -19,8 +36,20 @@ def make_policy(
     obs_key="observation",
     action_key="action",
     hidden: int = 32,
-) -> ProbabilisticActor:
+    deterministic: bool = False,
+) -> ProbabilisticActor | TensorDictSequential:
+    """A TorchRL actor on ``[low, high]``: SAC's, or TD3's with ``deterministic=True``.
+
+    SAC's is an MLP to ``(loc, scale)`` and a ``TanhNormal``; TD3's an MLP to ``"param"`` and a
+    ``TanhModule``.
+    """
     spec = Bounded(low, high, shape=(action_dim,))
+    if deterministic:
+        net = MLP(in_features=obs_dim, out_features=action_dim, num_cells=[hidden, hidden])
+        return TensorDictSequential(
+            TensorDictModule(net, in_keys=[obs_key], out_keys=["param"]),
+            TanhModule(in_keys=["param"], out_keys=[action_key], spec=spec),
+        )
     net = nn.Sequential(
         MLP(in_features=obs_dim, out_features=2 * action_dim, num_cells=[hidden, hidden]),
         NormalParamExtractor(),
@@ -35,6 +64,11 @@ def make_policy(
     )
 
 
+def make_td3_policy(obs_dim: int, action_dim: int, **kwargs) -> TensorDictSequential:
+    """TorchRL's deterministic TD3 actor (:func:`make_policy`'s keywords)."""
+    return make_policy(obs_dim, action_dim, deterministic=True, **kwargs)
+
+
 def make_critic(
     obs_dim: int, action_dim: int, *, obs_key="observation", action_key="action", hidden: int = 32
 ) -> ValueOperator:
@@ -42,6 +76,81 @@ def make_critic(
         MLP(in_features=obs_dim + action_dim, out_features=1, num_cells=[hidden, hidden]),
         in_keys=[obs_key, action_key],
     )
+
+
+def make_transitions(obs_dim: int, action_dim: int, batch: int = 32) -> TensorDict:
+    """A replay-buffer sample: random ``(s, a, r, s')``, actions in ``[-1, 1]``, none done."""
+    return TensorDict(
+        {
+            "observation": torch.randn(batch, obs_dim),
+            "action": torch.rand(batch, action_dim) * 2 - 1,
+            "next": {
+                "observation": torch.randn(batch, obs_dim),
+                "reward": torch.randn(batch, 1),
+                "done": torch.zeros(batch, 1, dtype=torch.bool),
+                "terminated": torch.zeros(batch, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[batch],
+    )
+
+
+# ---------------------------------------------------------------------------- gradient isolation
+def loss_term_cases(chain: str) -> list[tuple[str, str, set[str]]]:
+    """``(update_mode, loss term, parameter groups it must reach)`` for an MCMC loss.
+
+    ``chain`` names the chain's own parameter group (``"hmc"``, ``"flow"``): in alternating
+    mode it has a loss term of its own, ``"loss_<chain>"``; in joint mode the actor loss trains
+    it together with the policy.
+    """
+    return [
+        ("alternating", "loss_actor", {"policy"}),
+        ("alternating", f"loss_{chain}", {chain}),
+        ("alternating", "loss_qvalue", {"critic"}),
+        ("joint", "loss_actor", {"policy", chain}),
+        ("joint", "loss_qvalue", {"critic"}),
+    ]
+
+
+def mcmc_parameter_groups(loss: LossModule, **own: Iterable[torch.Tensor]) -> dict[str, list]:
+    """Where a gradient of an MCMC loss (``HMCLoss``, ``LangevinFlowLoss``) could land.
+
+    The groups every such loss has: the policy, the trained critics, the frozen prior and the
+    critic module the actor was built with (the loss trains copies of it); ``own`` adds the
+    loss's own, e.g. the chain's parameters and a ``"target"`` group.
+    """
+    groups = {
+        "policy": loss.policy_parameters(),
+        "critic": loss.critic_parameters(),
+        "prior": loss.actor.prior.parameters(),
+        "critic_module": loss.actor.critic.parameters(),
+        **own,
+    }
+    return {name: list(params) for name, params in groups.items()}
+
+
+def assert_term_reaches_exactly(
+    loss: LossModule, batch: TensorDict, key: str, reached: set[str], groups: dict[str, list]
+) -> None:
+    """Backpropagates the term ``key`` of ``loss(batch)`` and checks where its gradient went.
+
+    Every group in ``reached`` gets a non-zero gradient and every other group none, and every
+    gradient is finite; the ``"target"`` and ``"prior"`` groups do not even require gradients;
+    ``batch`` is left unchanged.
+    """
+    before = batch.clone()
+    loss(batch)[key].backward()
+    for name, params in groups.items():
+        grads = [p.grad for p in params if p.grad is not None]
+        assert all(g.isfinite().all() for g in grads), (key, name)
+        total = sum(g.abs().sum().item() for g in grads)
+        assert (total > 0) == (name in reached), (key, name, total)
+    # Parameters that must never receive gradients do not even require them.
+    for name in ("target", "prior"):
+        assert not any(p.requires_grad for p in groups[name]), (key, name)
+    # The input tensordict is unchanged.
+    assert set(batch.keys(True, True)) == set(before.keys(True, True))
+    torch.testing.assert_close(batch, before, rtol=0, atol=0)
 
 
 @pytest.fixture(autouse=True)

@@ -148,6 +148,7 @@ def test_two_collector_workers_run(tmp_path: Path) -> None:
         (["replay.batch_size=0"], "replay.batch_size must be > 0"),
         (["hmc.num_steps=-1"], "hmc.num_steps (K) must be >= 0"),
         (["pid.target=0"], "pid.target must be > 0"),
+        (["network.policy_hidden=[0]"], "network.policy_hidden must be a list of positive"),
         (["resume=/no/such/run"], "no run there"),
         (["device=cuda:7"], "device='cuda:7' is unavailable"),
     ],
@@ -178,3 +179,40 @@ def test_resume_of_an_incompatible_run_is_refused(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "incompatible: method was sac, now hmc_sac" in proc.stdout + proc.stderr
     assert not (tmp_path / "h").exists() or not any((tmp_path / "h").rglob("*.yaml"))
+
+
+def test_linear_policy_option_keeps_the_critic_and_resumes_configs_saved_without_it(
+    tmp_path: Path,
+) -> None:
+    from omegaconf import OmegaConf
+
+    from examples.utils import make_critic, make_env, make_stochastic_policy
+
+    cfg = OmegaConf.create(
+        {
+            "env": {"name": "Pendulum-v1", "max_episode_steps": 200},
+            "network": {
+                "hidden": [32, 32],
+                "policy_hidden": [],
+                "activation": "relu",
+                "default_scale": 1.0,
+            },
+        }
+    )
+    env = make_env(cfg)
+    policy_layers = [
+        m for m in make_stochastic_policy(cfg, env).modules() if isinstance(m, torch.nn.Linear)
+    ]
+    assert [(m.in_features, m.out_features) for m in policy_layers] == [(3, 2)]  # linear
+    critic_layers = [m for m in make_critic(cfg, env).modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in critic_layers] == [32, 32, 1]  # the critic is unchanged
+
+    # A run saved before the key existed (no policy_hidden in its config) still resumes.
+    _run("sac.py", *SMOKE, "env=Pendulum-v1", "collector.total_frames=200", run_root=tmp_path)
+    (run_dir,) = _run_dirs(tmp_path)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    del saved.network["policy_hidden"]
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    _run("sac.py", *SMOKE, "env=Pendulum-v1", f"resume={run_dir}", run_root=tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"] == 400

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +13,10 @@ from hydra import compose, initialize_config_dir
 
 from examples.experiment import CHECKPOINT_POINTER, load_checkpoint, save_checkpoint
 from examples.hmc_sac import HMCSAC
-from examples.utils import make_collector, make_env, make_replay_buffer
+from examples.ld_td3 import LDTD3
+from examples.sac import SAC
+from examples.td3 import TD3
+from examples.utils import make_collector, make_env, make_replay_buffer, set_seeds
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "examples" / "config")
 
@@ -82,3 +87,76 @@ def test_collector_workers_act_with_the_current_critic() -> None:
     assert matches and all(matches), matches
     # ... and the check can tell: the weights from before the update do not reproduce them.
     assert not any(stale_matches), stale_matches
+
+
+# ---------------------------------------------------------------------------- method checkpoints
+#: Each script's ``Method.state_dict()`` layout: top-level keys, then what ``"optimizers"`` holds
+#: (names, or a count for a list). Runs in progress resume from checkpoints written with these
+#: layouts, so a change here breaks their ``resume=``.
+CHECKPOINT_LAYOUTS = {
+    "hmc_sac": (HMCSAC, ["loss", "optimizers", "pid"], ["policy", "hmc", "critic"]),
+    "sac": (SAC, ["loss", "optimizers"], ["actor", "critic", "alpha"]),
+    "td3": (TD3, ["loss", "optim_actor", "optim_critic", "steps"], None),
+    "ld_td3": (LDTD3, ["loss", "optimizers", "pid", "steps"], 3),
+}
+
+
+def _assert_identical(a: Any, b: Any, where: str = "state") -> None:
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=where)
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINT_LAYOUTS))
+def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_path: Path) -> None:
+    build, keys, optimizers = CHECKPOINT_LAYOUTS[name]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=["preset=smoke", "env=Pendulum-v1"])
+    env = make_env(cfg)
+    env.set_seed(0)
+    set_seeds(0)
+    method = build(cfg, env, torch.device("cpu"))
+    buffer = make_replay_buffer(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        data = env.rollout(200, method.policy, break_when_any_done=False)
+    buffer.extend(data.reshape(-1).select(*method.replay_keys, strict=False))
+
+    def iteration(method) -> list[dict[str, float]]:
+        method.begin_iteration()
+        metrics = [method.update(buffer.sample()) for _ in range(3)]
+        return [*metrics, method.end_iteration(metrics)]
+
+    iteration(method)  # optimiser moments, PID memory and the update counter are all non-trivial
+    save_checkpoint(tmp_path, {"frames": 200, "method": method.state_dict()})
+    state = load_checkpoint(tmp_path)["method"]  # through torch.load(weights_only=True)
+    assert list(state) == keys
+    if isinstance(optimizers, list):
+        assert list(state["optimizers"]) == optimizers
+    elif isinstance(optimizers, int):
+        assert isinstance(state["optimizers"], list) and len(state["optimizers"]) == optimizers
+    if "steps" in keys:
+        assert state["steps"] == 3
+
+    set_seeds(1)  # different initial weights: everything must come from the checkpoint
+    resumed = build(cfg, env, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    _assert_identical(resumed.state_dict(), method.state_dict())
+    # ... and training goes on exactly as it would have without the interruption.
+    continued = []
+    for m in (method, resumed):
+        torch.manual_seed(7)
+        continued.append(iteration(m))
+    assert continued[0] == continued[1]
+    env.close()
