@@ -1,7 +1,8 @@
 """Update cost and collection throughput of each method against its TorchRL baseline.
 
 BENCHMARKS.md §1. One process builds every method with the same networks (policy and twin
-critics 256x256 ReLU MLPs, gate nets 2x16), the same batches (256 transitions with
+critics 256x256 ReLU MLPs, built by the example scripts' own factories in ``examples/utils.py``
+on HalfCheetah-v4's specs; gate nets 2x16), the same batches (256 transitions with
 HalfCheetah-v4 shapes: obs 17, act 6) and the same optimisers, warms them up, then times full
 updates in interleaved rounds, so that the noise of a shared machine hits every method alike.
 A *full update* is everything a training loop does per sampled batch:
@@ -52,31 +53,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict.nn import TensorDictSequential
 from torch import nn
-from torchrl.data import Bounded
-from torchrl.modules import (
-    MLP,
-    Actor,
-    AdditiveGaussianModule,
-    NormalParamExtractor,
-    ProbabilisticActor,
-    TanhModule,
-    TanhNormal,
-    ValueOperator,
-)
-from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss
+from torchrl.envs import DoubleToFloat, EnvBase, GymEnv, TransformedEnv
+from torchrl.objectives import LossModule, SACLoss, SoftUpdate, TD3Loss
 
-from torchrl_mcmc import HMCActor, HMCLoss, LangevinFlowActor, LangevinFlowLoss, PIDController
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runnable as a script from any directory
+
+from examples.utils import (  # noqa: E402
+    make_critic,
+    make_deterministic_policy,
+    make_stochastic_policy,
+    make_td3_exploration,
+)
+from torchrl_mcmc import (  # noqa: E402
+    HMCActor,
+    HMCLoss,
+    LangevinFlowActor,
+    LangevinFlowLoss,
+    PIDController,
+)
 
 logger = logging.getLogger("benchmarks.update_speed")
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "update_speed.json"
 
 ENV_NAME = "HalfCheetah-v4"
-OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v4's shapes (checked against the env when collecting)
+OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v4's shapes (checked against the env in make_env)
 HIDDEN = (256, 256)  # policy and critics
 GATE_HIDDEN = 16  # gate nets: 2 layers of 16 (paper §5)
 LEARNING_RATE = 3e-4
@@ -84,81 +90,53 @@ TAU_EPS = 0.995  # SoftUpdate's eps (Polyak factor)
 GAMMA = 0.99
 HEADLINE_K = 5  # the protocol's K, used for the headline ratios and --note entries
 
+#: The fields of the example scripts' config that their factories (examples/utils.py) read, at
+#: the protocol's sizes: the benchmark builds its policies and critics with those factories,
+#: so it times the very networks the training scripts train.
+NETWORKS = {
+    "network": {"hidden": list(HIDDEN), "activation": "relu", "default_scale": 1.0},
+    "td3": {"exploration_noise": 0.1},  # TD3's collection noise (half-width units)
+}
+
 
 @dataclass
 class Config:
     batch_size: int
     num_steps: int  # K of the chain (ignored by methods without one)
-    action_spec: Bounded
+    env: EnvBase  # its specs shape the networks; only the collection benchmark steps it
+    networks: DictConfig  # NETWORKS, as the factories read it
+
+
+def make_env() -> EnvBase:
+    """HalfCheetah-v4 with float32 observations, as collected (and as the networks are shaped)."""
+    env = TransformedEnv(GymEnv(ENV_NAME), DoubleToFloat())
+    if env.observation_spec["observation"].shape[-1] != OBS_DIM:
+        raise RuntimeError(f"{ENV_NAME} observations are not {OBS_DIM}-dimensional.")
+    if env.action_spec.shape[-1] != ACTION_DIM:
+        raise RuntimeError(f"{ENV_NAME} actions are not {ACTION_DIM}-dimensional.")
+    return env
 
 
 # ------------------------------------------------------------------------------- networks
-def make_policy(cfg: Config) -> ProbabilisticActor:
-    """SAC's stochastic actor: a 256x256 ReLU MLP to (loc, scale), a TanhNormal."""
-    spec = cfg.action_spec
-    net = nn.Sequential(
-        MLP(
-            in_features=OBS_DIM,
-            out_features=2 * ACTION_DIM,
-            num_cells=list(HIDDEN),
-            activation_class=nn.ReLU,
-        ),
-        NormalParamExtractor(),
-    )
-    return ProbabilisticActor(
-        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"],
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
-        spec=spec,
-        return_log_prob=False,
-    )
-
-
-def make_critic() -> ValueOperator:
-    """One Q(s, a) network, 256x256 ReLU (the losses make the twin copies)."""
-    return ValueOperator(
-        MLP(
-            in_features=OBS_DIM + ACTION_DIM,
-            out_features=1,
-            num_cells=list(HIDDEN),
-            activation_class=nn.ReLU,
-        ),
-        in_keys=["observation", "action"],
-    )
-
-
-def make_td3_actor(cfg: Config) -> TensorDictSequential:
-    """TD3's deterministic actor: a 256x256 ReLU MLP and a TanhModule into the action box."""
-    net = MLP(
-        in_features=OBS_DIM,
-        out_features=ACTION_DIM,
-        num_cells=list(HIDDEN),
-        activation_class=nn.ReLU,
-    )
-    return TensorDictSequential(
-        Actor(net, in_keys=["observation"], out_keys=["param"], spec=cfg.action_spec),
-        TanhModule(in_keys=["param"], out_keys=["action"], spec=cfg.action_spec),
-    )
-
-
 def make_hmc_actor(cfg: Config) -> HMCActor:
+    """SAC's policy and critic (the examples' factories) refined by K gated leapfrog steps."""
     return HMCActor(
-        make_policy(cfg),
-        make_critic(),
-        action_spec=cfg.action_spec,
+        make_stochastic_policy(cfg.networks, cfg.env),
+        make_critic(cfg.networks, cfg.env),
+        action_spec=cfg.env.action_spec,
         num_steps=cfg.num_steps,
         gate_hidden=GATE_HIDDEN,
     )
 
 
 def make_ld_actor(cfg: Config) -> LangevinFlowActor:
-    """TD3's actor refined by K Langevin coupling layers (gate-sized 16-unit nets)."""
+    """TD3's policy and critic (the examples' factories) refined by K Langevin coupling layers
+    (gate-sized 16-unit nets)."""
     return LangevinFlowActor(
-        make_td3_actor(cfg),
-        make_critic(),
+        make_deterministic_policy(cfg.networks, cfg.env),
+        make_critic(cfg.networks, cfg.env),
         state_dim=OBS_DIM,
-        action_spec=cfg.action_spec,
+        action_spec=cfg.env.action_spec,
         num_layers=max(cfg.num_steps, 1),
         hidden=GATE_HIDDEN,
     )
@@ -166,6 +144,14 @@ def make_ld_actor(cfg: Config) -> LangevinFlowActor:
 
 def _adam(params) -> torch.optim.Adam:
     return torch.optim.Adam(list(params), lr=LEARNING_RATE)
+
+
+def _actor_critic_adams(loss: LossModule) -> list[torch.optim.Adam]:
+    """Adam on a TorchRL loss's actor and on its critics (SAC, TD3)."""
+    return [
+        _adam(loss.actor_network_params.values(True, True)),
+        _adam(loss.qvalue_network_params.values(True, True)),
+    ]
 
 
 def _step(optimisers: list[torch.optim.Optimizer]) -> None:
@@ -178,50 +164,50 @@ def _step(optimisers: list[torch.optim.Optimizer]) -> None:
 UpdateFn = Callable[[TensorDictBase], None]
 
 
-def sac_update(cfg: Config) -> UpdateFn:
-    loss = SACLoss(make_policy(cfg), make_critic(), num_qvalue_nets=2, loss_function="l2")
-    loss.make_value_estimator(gamma=GAMMA)
+def _summed_update(
+    loss: LossModule,
+    loss_keys: tuple[str, ...],
+    optimisers: list[torch.optim.Optimizer],
+    pid: PIDController | None = None,
+) -> UpdateFn:
+    """One ``loss(batch)``, one backward of the sum of ``loss_keys``, one step of every
+    optimiser, ``SoftUpdate`` (and one PID update of ``beta`` when given)."""
     target_updater = SoftUpdate(loss, eps=TAU_EPS)
-    optimisers = [
-        _adam(loss.actor_network_params.values(True, True)),
-        _adam(loss.qvalue_network_params.values(True, True)),
-        _adam([loss.log_alpha]),
-    ]
 
     def update(batch: TensorDictBase) -> None:
         out = loss(batch)
-        (out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]).backward()
+        sum(out[key] for key in loss_keys).backward()
         _step(optimisers)
         target_updater.step()
+        if pid is not None:
+            # Once per policy iteration in a real loop; once per update here, as an upper bound.
+            loss.beta = pid.update(out["policy_distance"])
 
     return update
 
 
-def _hmc_parts(cfg: Config, update_mode: str):
-    loss = HMCLoss(make_hmc_actor(cfg), update_mode=update_mode)
-    loss.make_value_estimator(gamma=GAMMA)
-    # Gains of the scale the tests use; the controller's cost does not depend on them.
-    pid = PIDController(target=1.0, kp=0.5, ki=0.1, beta_init=1.0, beta_min=0.05, beta_max=20.0)
-    return loss, SoftUpdate(loss, eps=TAU_EPS), pid
-
-
-def hmc_alternating_update(cfg: Config) -> UpdateFn:
-    loss, target_updater, pid = _hmc_parts(cfg, "alternating")
+def _eq11_update(
+    loss: HMCLoss | LangevinFlowLoss,
+    h_loss: Callable[[TensorDictBase], tuple[torch.Tensor, Any]],
+    pid: PIDController,
+) -> UpdateFn:
+    """Eq. 11: a critic step, a step on ``theta`` with ``h`` fixed, then a step on ``h``
+    (``h_loss``) with the new ``theta``; ``SoftUpdate``; one PID update."""
+    target_updater = SoftUpdate(loss, eps=TAU_EPS)
     critic_optim = _adam(loss.critic_parameters())
     policy_optim = _adam(loss.policy_parameters())
-    hmc_optim = _adam(loss.hmc_parameters())
+    h_optim = _adam(loss.actor.flow.parameters())  # h: hmc_parameters() / flow_parameters()
 
     def update(batch: TensorDictBase) -> None:
         loss_qvalue, _ = loss.qvalue_loss(batch)
         loss_qvalue.backward()
         _step([critic_optim])
-        # Eq. 11: a step on theta with h fixed, then a step on h with the new theta.
         loss_actor, metadata = loss.actor_loss(batch)
         loss_actor.backward()
         _step([policy_optim])
-        loss_hmc, _ = loss.hmc_loss(batch)
-        loss_hmc.backward()
-        _step([hmc_optim])
+        loss_h, _ = h_loss(batch)
+        loss_h.backward()
+        _step([h_optim])
         target_updater.step()
         # Once per policy iteration in a real loop; once per update here, as an upper bound.
         loss.beta = pid.update(metadata["policy_distance"])
@@ -229,76 +215,63 @@ def hmc_alternating_update(cfg: Config) -> UpdateFn:
     return update
 
 
-def hmc_joint_update(cfg: Config) -> UpdateFn:
-    loss, target_updater, pid = _hmc_parts(cfg, "joint")
-    optimisers = [
-        _adam(loss.critic_parameters()),
-        _adam([*loss.policy_parameters(), *loss.hmc_parameters()]),
-    ]
-
-    def update(batch: TensorDictBase) -> None:
-        out = loss(batch)
-        (out["loss_actor"] + out["loss_qvalue"]).backward()
-        _step(optimisers)
-        target_updater.step()
-        loss.beta = pid.update(out["policy_distance"])
-
-    return update
-
-
-def td3_update(cfg: Config) -> UpdateFn:
-    loss = TD3Loss(
-        make_td3_actor(cfg),
-        make_critic(),
-        action_spec=cfg.action_spec,
+def sac_update(cfg: Config) -> UpdateFn:
+    loss = SACLoss(
+        make_stochastic_policy(cfg.networks, cfg.env),
+        make_critic(cfg.networks, cfg.env),
         num_qvalue_nets=2,
         loss_function="l2",
     )
     loss.make_value_estimator(gamma=GAMMA)
-    target_updater = SoftUpdate(loss, eps=TAU_EPS)
+    optimisers = [*_actor_critic_adams(loss), _adam([loss.log_alpha])]
+    return _summed_update(loss, ("loss_actor", "loss_qvalue", "loss_alpha"), optimisers)
+
+
+def _hmc_loss(cfg: Config, update_mode: str) -> tuple[HMCLoss, PIDController]:
+    loss = HMCLoss(make_hmc_actor(cfg), update_mode=update_mode)
+    loss.make_value_estimator(gamma=GAMMA)
+    # Gains of the scale the tests use; the controller's cost does not depend on them.
+    pid = PIDController(target=1.0, kp=0.5, ki=0.1, beta_init=1.0, beta_min=0.05, beta_max=20.0)
+    return loss, pid
+
+
+def hmc_alternating_update(cfg: Config) -> UpdateFn:
+    loss, pid = _hmc_loss(cfg, "alternating")
+    return _eq11_update(loss, loss.hmc_loss, pid)
+
+
+def hmc_joint_update(cfg: Config) -> UpdateFn:
+    loss, pid = _hmc_loss(cfg, "joint")
     optimisers = [
-        _adam(loss.actor_network_params.values(True, True)),
-        _adam(loss.qvalue_network_params.values(True, True)),
+        _adam(loss.critic_parameters()),
+        _adam([*loss.policy_parameters(), *loss.hmc_parameters()]),
     ]
+    return _summed_update(loss, ("loss_actor", "loss_qvalue"), optimisers, pid)
 
-    def update(batch: TensorDictBase) -> None:
-        out = loss(batch)
-        (out["loss_actor"] + out["loss_qvalue"]).backward()
-        _step(optimisers)
-        target_updater.step()
 
-    return update
+def td3_update(cfg: Config) -> UpdateFn:
+    loss = TD3Loss(
+        make_deterministic_policy(cfg.networks, cfg.env),
+        make_critic(cfg.networks, cfg.env),
+        action_spec=cfg.env.action_spec,
+        num_qvalue_nets=2,
+        loss_function="l2",
+    )
+    loss.make_value_estimator(gamma=GAMMA)
+    return _summed_update(loss, ("loss_actor", "loss_qvalue"), _actor_critic_adams(loss))
 
 
 def ld_td3_update(cfg: Config) -> UpdateFn:
+    # As td3_update: the policy (and here the flow) updated at every step (delay 1).
     loss = LangevinFlowLoss(make_ld_actor(cfg), loss_function="l2")
     loss.make_value_estimator(gamma=GAMMA)
-    target_updater = SoftUpdate(loss, eps=TAU_EPS)
     pid = PIDController(target=0.1, beta_init=1.0, beta_min=1e-3, beta_max=100.0)
-    critic_optim = _adam(loss.critic_parameters())
-    policy_optim = _adam(loss.policy_parameters())
-    flow_optim = _adam(loss.flow_parameters())
-
-    def update(batch: TensorDictBase) -> None:
-        # As td3_update: the policy (and here the flow) updated at every step (delay 1).
-        loss_qvalue, _ = loss.qvalue_loss(batch)
-        loss_qvalue.backward()
-        _step([critic_optim])
-        loss_actor, metadata = loss.actor_loss(batch)
-        loss_actor.backward()
-        _step([policy_optim])
-        loss_flow, _ = loss.flow_loss(batch)  # eq. 11: h at the new theta
-        loss_flow.backward()
-        _step([flow_optim])
-        target_updater.step()
-        loss.beta = pid.update(metadata["policy_distance"])
-
-    return update
+    return _eq11_update(loss, loss.flow_loss, pid)
 
 
 # ------------------------------------------------------------------------------- acting
 def sac_policy(cfg: Config) -> nn.Module:
-    return make_policy(cfg)
+    return make_stochastic_policy(cfg.networks, cfg.env)
 
 
 def hmc_policy(cfg: Config) -> nn.Module:
@@ -309,10 +282,9 @@ def hmc_policy(cfg: Config) -> nn.Module:
 
 
 def td3_policy(cfg: Config) -> nn.Module:
-    exploration = AdditiveGaussianModule(
-        spec=cfg.action_spec, sigma_init=0.1, sigma_end=0.1, annealing_num_steps=1
-    )
-    return TensorDictSequential(make_td3_actor(cfg), exploration)
+    # As examples/td3.py: the deterministic policy, then TD3's Gaussian exploration noise.
+    policy = make_deterministic_policy(cfg.networks, cfg.env)
+    return TensorDictSequential(policy, make_td3_exploration(cfg.networks, cfg.env))
 
 
 def ld_policy(cfg: Config) -> nn.Module:
@@ -374,7 +346,7 @@ POLICY_BASELINES = {"hmc": "sac", "ld": "td3"}
 # ------------------------------------------------------------------------------- measuring
 def make_batches(cfg: Config, count: int, generator: torch.Generator) -> list[TensorDict]:
     """Replay-buffer-like batches; every method sees the same ones in the same order."""
-    low, high = cfg.action_spec.space.low, cfg.action_spec.space.high
+    low, high = cfg.env.action_spec.space.low, cfg.env.action_spec.space.high
     n = cfg.batch_size
     batches = []
     for _ in range(count):
@@ -470,14 +442,11 @@ def time_collection(
     (``torch.compile`` with default settings; its warm-up falls in the untimed first batch).
     """
     from torchrl.collectors import Collector
-    from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 
     collectors, iterators = {}, {}
     for i, (name, policy) in enumerate(policies.items()):
-        env = TransformedEnv(GymEnv(ENV_NAME), DoubleToFloat())
+        env = make_env()
         env.set_seed(i)
-        if env.observation_spec["observation"].shape[-1] != OBS_DIM:
-            raise RuntimeError(f"{ENV_NAME} observations are not {OBS_DIM}-dimensional.")
         collectors[name] = Collector(
             env,
             policy,
@@ -654,6 +623,9 @@ def main(argv: list[str] | None = None) -> None:
         "methods": methods,
         "hidden": list(HIDDEN),
         "gate_hidden": GATE_HIDDEN,
+        "networks": "examples/utils.py factories (make_stochastic_policy, "
+        "make_deterministic_policy, make_critic, make_td3_exploration) with "
+        + json.dumps(NETWORKS),
         "obs_dim": OBS_DIM,
         "action_dim": ACTION_DIM,
         "seed": args.seed,
@@ -661,7 +633,8 @@ def main(argv: list[str] | None = None) -> None:
         "hmc_alternating": "eq. 11: critic step, theta step (h fixed), h step (new theta)",
     }
     result.write(config=config)
-    spec = Bounded(-1.0, 1.0, shape=(ACTION_DIM,))
+    env = make_env()  # shapes every network (as the example scripts' env does)
+    networks = OmegaConf.create(NETWORKS)
 
     # --- update cost: every (method, K) variant, interleaved in the same rounds
     torch.manual_seed(args.seed)
@@ -670,14 +643,16 @@ def main(argv: list[str] | None = None) -> None:
     for name in methods:
         method = METHODS[name]
         for num_steps in args.num_steps if method.uses_num_steps else [HEADLINE_K]:
-            cfg = Config(args.batch_size, num_steps, spec)
+            cfg = Config(args.batch_size, num_steps, env, networks)
             variants[variant_name(name, num_steps)] = method.build_update(cfg)
             if method.baseline in methods:
                 baselines[variant_name(name, num_steps)] = method.baseline
             elif method.baseline is not None:
                 logger.warning("%s's baseline %s is not selected: no ratio.", name, method.baseline)
     batches = make_batches(
-        Config(args.batch_size, HEADLINE_K, spec), 8, torch.Generator().manual_seed(args.seed)
+        Config(args.batch_size, HEADLINE_K, env, networks),
+        8,
+        torch.Generator().manual_seed(args.seed),
     )
     stats = time_updates(variants, batches, args.updates, args.warmup)
     ratios = {
@@ -702,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     collection = None
     if not args.skip_collection:
         torch.manual_seed(args.seed)
-        cfg = Config(1, HEADLINE_K, spec)
+        cfg = Config(1, HEADLINE_K, env, networks)
         policies = {}
         for name in methods:
             method = METHODS[name]

@@ -4,40 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_critic, make_policy
+from conftest import (
+    assert_term_reaches_exactly,
+    loss_term_cases,
+    make_critic,
+    make_policy,
+    make_td3_policy,
+    make_transitions,
+    mcmc_parameter_groups,
+)
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict.nn import TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import Bounded, Unbounded
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import MLP, AdditiveGaussianModule, TanhModule, ValueOperator
+from torchrl.modules import AdditiveGaussianModule, ValueOperator
 from torchrl.objectives import SoftUpdate
 
 from torchrl_mcmc import HMCActor, LangevinFlowActor, LangevinFlowLoss, PIDController
 from torchrl_mcmc.mcmc import LangevinCoupling, LangevinFlow, smoothed_norm, squash
 
 OBS, ACT = 4, 2
-
-
-def make_td3_policy(
-    obs_dim: int,
-    action_dim: int,
-    *,
-    low: float = -1.0,
-    high: float = 1.0,
-    obs_key="observation",
-    action_key="action",
-    hidden: int = 32,
-) -> TensorDictSequential:
-    """TorchRL's deterministic TD3 actor: an MLP to ``"param"``, then a TanhModule."""
-    spec = Bounded(low, high, shape=(action_dim,))
-    net = MLP(in_features=obs_dim, out_features=action_dim, num_cells=[hidden, hidden])
-    return TensorDictSequential(
-        TensorDictModule(net, in_keys=[obs_key], out_keys=["param"]),
-        TanhModule(in_keys=["param"], out_keys=[action_key], spec=spec),
-    )
 
 
 class QuadraticCritic(nn.Module):
@@ -72,19 +61,7 @@ def _obs(batch=16, obs_dim=OBS, dtype=torch.float32) -> TensorDict:
 
 
 def _batch(batch: int = 32) -> TensorDict:
-    return TensorDict(
-        {
-            "observation": torch.randn(batch, OBS),
-            "action": torch.rand(batch, ACT) * 2 - 1,
-            "next": {
-                "observation": torch.randn(batch, OBS),
-                "reward": torch.randn(batch, 1),
-                "done": torch.zeros(batch, 1, dtype=torch.bool),
-                "terminated": torch.zeros(batch, 1, dtype=torch.bool),
-            },
-        },
-        batch_size=[batch],
-    )
+    return make_transitions(OBS, ACT, batch)
 
 
 def _perturb(module: nn.Module, by: float = 0.3) -> None:
@@ -209,57 +186,23 @@ def test_every_action_dim_moves_and_stays_in_bounds(action_dim: int) -> None:
 
 
 # ---------------------------------------------------------------------------- must-show 3
-def _grad_norms(loss: LangevinFlowLoss) -> dict[str, float]:
-    def norm(params):
-        grads = [p.grad for p in params if p.grad is not None]
-        assert all(g.isfinite().all() for g in grads)
-        return sum(g.abs().sum().item() for g in grads)
-
-    targets = [
-        loss.target_actor_network_params,
-        loss.target_flow_network_params,
-        loss.target_qvalue_network_params,
-    ]
-    return {
-        "policy": norm(loss.policy_parameters()),
-        "flow": norm(loss.flow_parameters()),
-        "critic": norm(loss.critic_parameters()),
-        "target": norm([p for t in targets for p in t.values(True, True)]),
-        "prior": norm(loss.actor.prior.parameters()),
-        "critic_module": norm(loss.actor.critic.parameters()),
-    }
-
-
-@pytest.mark.parametrize(
-    ("mode", "key", "reached"),
-    [
-        ("alternating", "loss_actor", {"policy"}),
-        ("alternating", "loss_flow", {"flow"}),
-        ("alternating", "loss_qvalue", {"critic"}),
-        ("joint", "loss_actor", {"policy", "flow"}),
-        ("joint", "loss_qvalue", {"critic"}),
-    ],
-)
+@pytest.mark.parametrize(("mode", "key", "reached"), loss_term_cases("flow"))
 def test_each_loss_reaches_exactly_its_parameters(mode: str, key: str, reached: set) -> None:
     loss = _loss(update_mode=mode)
     # Right after a refresh a0 == pi_t(s) exactly, where the plain norm has no gradient: the
-    # smoothed norm keeps every gradient finite (checked in _grad_norms).
+    # smoothed norm keeps every gradient finite (which assert_term_reaches_exactly checks).
     loss.refresh_prior()
-    batch = _batch()
-    before = batch.clone()
-    out = loss(batch)
-    out[key].backward()
-    for group, value in _grad_norms(loss).items():
-        if group in reached:
-            assert value > 0, (key, group)
-        else:
-            assert value == 0, (key, group)
-    for target in ("actor", "flow", "qvalue"):
-        params = getattr(loss, f"target_{target}_network_params")
-        assert not any(p.requires_grad for p in params.values(True, True))
-    assert not any(p.requires_grad for p in loss.actor.prior.parameters())
-    assert set(batch.keys(True, True)) == set(before.keys(True, True))
-    torch.testing.assert_close(batch, before, rtol=0, atol=0)
+    targets = (
+        loss.target_actor_network_params,
+        loss.target_flow_network_params,
+        loss.target_qvalue_network_params,
+    )
+    groups = mcmc_parameter_groups(
+        loss,
+        flow=loss.flow_parameters(),
+        target=[p for t in targets for p in t.values(True, True)],
+    )
+    assert_term_reaches_exactly(loss, _batch(), key, reached, groups)
 
 
 def test_smoothing_keeps_the_policy_gradient_at_the_scale_of_td3s() -> None:
@@ -621,3 +564,166 @@ def test_runs_on_cuda() -> None:
     out = loss(_batch().cuda())
     assert out["loss_actor"].device.type == "cuda"
     assert loss.actor(_obs().cuda())["action"].device.type == "cuda"
+
+
+# ---------------------------------------------------------------------------- the fast critic path
+def _relu_critic(obs_dim: int = OBS, action_dim: int = ACT, activation=nn.ReLU) -> ValueOperator:
+    from torchrl.modules import MLP
+
+    net = MLP(
+        in_features=obs_dim + action_dim,
+        out_features=1,
+        num_cells=[32, 32],
+        activation_class=activation,
+    )
+    return ValueOperator(net, in_keys=["observation", "action"])
+
+
+def _fast_and_generic(update_mode: str = "alternating", dtype=torch.float64):
+    """Two identical LangevinFlowLosses on a ReLU critic, with perturbed policy, prior and flow
+    networks: one takes the fast paths, the other is forced onto the generic TensorDict + vmap +
+    autograd path. (Built twice from one seed: a deepcopy of a loss would not keep its policy's
+    parameters shared with the loss's.)"""
+
+    def build() -> LangevinFlowLoss:
+        with torch.random.fork_rng():
+            torch.manual_seed(11)
+            actor = _actor(critic=_relu_critic(), num_layers=4, step_size=0.4, beta=0.3)
+            _perturb(actor.flow, by=0.2)  # non-zero sigma, S, T: every term of a layer counts
+            loss = LangevinFlowLoss(actor, update_mode=update_mode).to(dtype)
+            loss.make_value_estimator(gamma=0.99)
+            _perturb(loss.actor.policy, by=0.1)  # the prior (a snapshot) now differs from it
+        return loss
+
+    fast, generic = build(), build()
+    # Force the TensorDict + vmap + autograd path, for the critic and the policy alike.
+    generic.actor._fast_critic = None
+    generic.actor._plain_policy = False
+    assert fast.actor.has_fast_critic and fast.actor._plain_policy
+    assert not generic.actor.has_fast_critic
+    torch.testing.assert_close(fast.state_dict(), generic.state_dict(), rtol=0, atol=0)
+    return fast, generic
+
+
+@pytest.mark.parametrize("update_mode", ["alternating", "joint"])
+@pytest.mark.parametrize("batch_size", [8, 96])  # < and >= 64 states: both picked-critic branches
+def test_fast_relu_critic_path_equals_the_generic_path(update_mode: str, batch_size: int) -> None:
+    fast, generic = _fast_and_generic(update_mode)
+    batch = _batch(batch_size).apply(lambda x: x.double() if x.is_floating_point() else x)
+    outputs, grads = [], []
+    for loss in (fast, generic):
+        torch.manual_seed(7)  # the same target-smoothing noise
+        out = loss(batch.clone())
+        total = out["loss_actor"] + out["loss_qvalue"]
+        if "loss_flow" in out:
+            total = total + out["loss_flow"]
+        total.backward()
+        outputs.append(out)
+        grads.append({n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None})
+    keys = set(outputs[0].keys(True, True))
+    assert keys == set(outputs[1].keys(True, True))
+    for key in keys:
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=1e-10, atol=1e-12)
+    assert outputs[0]["critic_gain"].abs() > 0  # the flow moved: not a vacuous comparison
+    # Every trained group receives a gradient, equal on both paths.
+    assert grads[0].keys() == grads[1].keys()
+    for group in (fast.policy_parameters(), fast.flow_parameters(), fast.critic_parameters()):
+        group = list(group)
+        names = {n for n, p in fast.named_parameters() if any(p is q for q in group)}
+        assert names and names <= grads[0].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-11)
+
+
+def test_fast_path_flow_outputs_and_actions_equal_the_generic_ones() -> None:
+    fast, generic = _fast_and_generic()
+    td = _obs(batch=80, dtype=torch.float64)
+    # Training's flow (graph kept, detached critics) and acting's flow (no graph): the same
+    # end points, and the same derivatives of the end points w.r.t. theta and h.
+    for create_graph in (True, False):
+        samples, grads = [], []
+        for loss in (fast, generic):
+            critic = loss.qvalue_network_params.detach()
+            out = loss.actor.sample(td, create_graph=create_graph, critic_params=critic)
+            samples.append(out)
+            if create_graph:
+                params = [*loss.policy_parameters(), *loss.flow_parameters()]
+                grads.append(torch.autograd.grad(out.uK.pow(2).sum(), params))
+        for a, b in zip(*samples, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert (samples[0].uK - samples[0].u0).abs().max() > 1e-3
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    # Critics that require gradients (not what the losses pass, but allowed): the fast path
+    # keeps grad_a Q's graph to the critics' parameters, as autograd does.
+    critic_grads = []
+    for loss in (fast, generic):
+        out = loss.actor.sample(td, create_graph=True, critic_params=loss.qvalue_network_params)
+        params = list(loss.critic_parameters())
+        # The last layer's bias does not reach grad_a Q: its gradient is None on both paths.
+        critic_grads.append(torch.autograd.grad(out.uK.pow(2).sum(), params, allow_unused=True))
+    assert critic_grads[0][0].abs().sum() > 0
+    for a, b in zip(*critic_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    # Acting in float32, batched and unbatched, in both interaction modes.
+    fast, generic = fast.float(), generic.float()
+    for obs in (_obs(batch=80), TensorDict({"observation": torch.randn(OBS)}, batch_size=[])):
+        for mode in (ExplorationType.RANDOM, ExplorationType.DETERMINISTIC):
+            actions = []
+            for loss in (fast, generic):
+                torch.manual_seed(3)  # the same exploration noise
+                with set_exploration_type(mode):
+                    actions.append(loss.actor(obs.clone()))
+            for key in ("action", ("flow", "uK")):
+                torch.testing.assert_close(actions[0][key], actions[1][key], rtol=1e-5, atol=1e-6)
+
+
+def test_non_relu_critic_falls_back_to_autograd(monkeypatch) -> None:
+    from torchrl_mcmc.modules import _fast_paths
+
+    closed_form_calls = []
+    original = _fast_paths._BoundCritic.min_value_and_grad
+
+    def counting(self, action):
+        closed_form_calls.append(action.shape)
+        return original(self, action)
+
+    monkeypatch.setattr(_fast_paths._BoundCritic, "min_value_and_grad", counting)
+    td = _obs(batch=16, dtype=torch.float64)
+    relu = _actor(critic=_relu_critic(), num_layers=3).double()
+    assert relu.has_fast_critic
+    relu(td.clone())
+    assert len(closed_form_calls) == 3  # one closed-form grad_a Q per layer
+
+    class SubclassedValueOperator(ValueOperator):  # might override forward: not covered
+        pass
+
+    fallbacks = {
+        "tanh": _relu_critic(activation=nn.Tanh),
+        "subclass": SubclassedValueOperator(_relu_critic().module, ["observation", "action"]),
+        "quadratic": ValueOperator(QuadraticCritic(OBS, ACT), ["observation", "action"]),
+    }
+    for name, critic in fallbacks.items():
+        closed_form_calls.clear()
+        actor = _actor(critic=critic, num_layers=3).double()
+        _perturb(actor.flow, by=0.2)
+        assert not actor.has_fast_critic, name
+        # The written-out squash and distance terms, with grad_a Q from autograd, equal plain
+        # autograd through the potential: the same end points (grad U) and the same
+        # derivatives of the end points (second derivatives of U, what training needs).
+        u0 = actor.sample(td).u0.detach().requires_grad_(True)
+        prior_action = actor.sample(td).prior_action
+        state = td["observation"]
+        potential = actor.potential_fn(td, prior_action)
+        grad_fn = actor.potential_grad_fn(td, prior_action, create_graph=True)
+        by_hand = actor.flow(
+            u0, potential, state=state, create_graph=True, potential_grad_fn=grad_fn
+        ).position
+        by_autograd = actor.flow(u0, potential, state=state, create_graph=True).position
+        torch.testing.assert_close(by_hand, by_autograd, rtol=1e-10, atol=1e-12)
+        first = [torch.autograd.grad(x.pow(2).sum(), u0)[0] for x in (by_hand, by_autograd)]
+        torch.testing.assert_close(*first, rtol=1e-9, atol=1e-11)
+        actor(td.clone())
+        assert not closed_form_calls, name

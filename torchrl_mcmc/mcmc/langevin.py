@@ -41,6 +41,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from torchrl_mcmc.mcmc.hamiltonian import _mlp, _run_mlp
 from torchrl_mcmc.mcmc.integrators import potential_grad
 
 __all__ = [
@@ -157,14 +158,8 @@ class LangevinCoupling(nn.Module):
         self.register_buffer("cond_index", mask.nonzero().squeeze(-1))
         self.register_buffer("free_index", (~mask).nonzero().squeeze(-1))
         self.log_step_size = nn.Parameter(torch.tensor(math.log(step_size)))
-        # Tanh keeps the layer smooth: training differentiates through the whole flow.
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, 3 * num_free),
-        )
+        # The HMC gates' small tanh MLP: smooth, as training differentiates through the flow.
+        self.net = _mlp(in_features, hidden, 3 * num_free)
         with torch.no_grad():
             # sigma = S = T = 0: a fresh layer is plain Langevin ascent on its free half.
             self.net[-1].weight.zero_()
@@ -182,24 +177,31 @@ class LangevinCoupling(nn.Module):
         *,
         state: Tensor | None = None,
         create_graph: bool = False,
+        potential_grad_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """Maps ``x`` (``[*batch, d]``) to ``y``; ``potential_fn`` is ``U``, maximised.
 
         Keyword Args:
             state: ``[*batch, state_dim]`` context, required when ``state_dim > 0``.
             create_graph: keep the graph of ``grad U`` (training through the flow).
+            potential_grad_fn: ``grad U``, used instead of autograd through ``potential_fn``
+                (see :meth:`LangevinFlow.forward`).
         """
         features = [x.index_select(-1, self.cond_index)]
         if self.state_dim:
             if state is None:
                 raise ValueError("this layer was built with state_dim > 0 but got no state.")
             features.append(state)
-        sigma, log_scale, shift = self.net(torch.cat(features, dim=-1)).chunk(3, dim=-1)
+        # _run_mlp: the same layers without nn.Module call overhead (acting runs at batch 1).
+        sigma, log_scale, shift = _run_mlp(self.net, torch.cat(features, dim=-1)).chunk(3, dim=-1)
         sigma = _soft_clamp(sigma, self.scale_bound)
         log_scale = _soft_clamp(log_scale, self.scale_bound)
 
         eps = self.step_size
-        grad = potential_grad(potential_fn, x, create_graph=create_graph)
+        if potential_grad_fn is None:
+            grad = potential_grad(potential_fn, x, create_graph=create_graph)
+        else:
+            grad = potential_grad_fn(x)
         free = x.index_select(-1, self.free_index)
         ascent = free + 0.5 * eps**2 * grad.index_select(-1, self.free_index)
         moved = (ascent + eps * torch.expm1(sigma)) * log_scale.exp() + shift
@@ -287,16 +289,41 @@ class LangevinFlow(nn.Module):
         *,
         state: Tensor | None = None,
         create_graph: bool = False,
+        potential_grad_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> LangevinFlowOutput:
         """Runs the ``K`` layers from ``position`` (``u0``, ``[*batch, d]``).
+
+        Args:
+            position: ``u0``, ``[*batch, d]``.
+            potential_fn: ``U``, maps ``[*batch, d]`` to ``[*batch]``; ascended by the flow.
 
         Keyword Args:
             state: ``[*batch, state_dim]`` context for the layers' networks.
             create_graph: differentiate through the flow (training); ``False`` when acting.
+            potential_grad_fn: ``grad U`` computed by the caller (e.g. with the parts of ``U``
+                whose gradient is known in closed form written out), used instead of autograd
+                through ``potential_fn``, as in :meth:`~torchrl_mcmc.mcmc.HamiltonianFlow.forward`.
+                It must return the same gradient and honour ``create_graph`` itself: a graph to
+                ``x`` and the parameters when ``True`` (wherever the derivative is not
+                identically zero), none when ``False``.
+
+        Examples:
+            >>> flow = LangevinFlow(2, num_layers=3, step_size=0.3)
+            >>> u0 = torch.randn(4, 2)
+            >>> potential = lambda u: -0.5 * (u**2).sum(-1)
+            >>> by_autograd = flow(u0, potential)
+            >>> by_hand = flow(u0, potential, potential_grad_fn=lambda u: -u)
+            >>> torch.testing.assert_close(by_hand.position, by_autograd.position)
         """
         x = position
         for layer in self.layers:
-            x = layer(x, potential_fn, state=state, create_graph=create_graph)
+            x = layer(
+                x,
+                potential_fn,
+                state=state,
+                create_graph=create_graph,
+                potential_grad_fn=potential_grad_fn,
+            )
         finite = x.isfinite().all(-1)
         return LangevinFlowOutput(
             position=torch.where(finite.unsqueeze(-1), x, position), divergent=~finite

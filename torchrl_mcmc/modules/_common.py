@@ -1,17 +1,103 @@
 """What :class:`~torchrl_mcmc.HMCActor` and :class:`~torchrl_mcmc.LangevinFlowActor` share:
-the hand-over of the critic a loss trains, and the frozen prior snapshot."""
+the critic they evaluate (and its fast path), the hand-over of the critic a loss trains, and the
+frozen prior snapshot."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
+
 import torch
-from tensordict import TensorDictParams
+from tensordict import TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import Tensor
+from torchrl.data import Bounded, TensorSpec
+
+from torchrl_mcmc.modules._fast_paths import _PiecewiseLinearCritic
 
 __all__ = ["MCMCActorBase"]
 
 
+def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
+    """``keys`` without repeats, in their first order (an actor's ``in_keys``)."""
+    out: list[NestedKey] = []
+    for key in keys:
+        if key not in out:
+            out.append(key)
+    return out
+
+
 class MCMCActorBase(TensorDictModuleBase):
-    """Base of the package's actors; subclasses set ``policy``, ``prior``, ``critic``."""
+    """Base of the package's actors; subclasses set ``policy``, ``prior``, the critic, ``beta``
+    and the action box (``action_low``, ``action_high`` buffers).
+
+    A subclass checks its critic with :meth:`_check_critic` before building anything, and
+    installs it with :meth:`_set_critic`. The critic is then evaluated through
+    :meth:`critic_values`, and its action-gradient, what a chain needs at every step, through
+    :meth:`_critic_action_grad` (inside the potential's gradient,
+    :meth:`_squashed_potential_grad`): both take the closed-form fast path of
+    :class:`~torchrl_mcmc.modules._fast_paths._PiecewiseLinearCritic` for the usual ReLU
+    ``MLP`` critic and the critic's own TensorDict interface (with autograd) for any other.
+    """
+
+    critic: TensorDictModuleBase
+    critic_params: TensorDictParams | None
+    action_key: NestedKey
+    value_key: NestedKey
+
+    # ------------------------------------------------------------------ the action box
+    @staticmethod
+    def _check_box(action_spec: TensorSpec | None, how_to_give: str, squasher: str) -> Bounded:
+        """``action_spec`` if it is a box with finite bounds ``high > low``; a clear error if not.
+
+        ``how_to_give`` ends the message for a missing spec; ``squasher`` names what squashes
+        into the box.
+        """
+        if action_spec is None:
+            raise ValueError(
+                f"no action spec: pass action_spec=env.action_spec (a Bounded spec), {how_to_give}"
+            )
+        if not isinstance(action_spec, Bounded):
+            raise ValueError(
+                "action_spec must be a Bounded (Box) spec with finite bounds, got "
+                f"{type(action_spec).__name__}: {squasher} squashes its end point into the box."
+            )
+        low, high = action_spec.space.low, action_spec.space.high
+        if not (low.isfinite().all() and high.isfinite().all() and (high > low).all()):
+            raise ValueError(
+                f"action_spec bounds must be finite with high > low, got low={low}, high={high}."
+            )
+        return action_spec
+
+    # ------------------------------------------------------------------ the critic
+    @staticmethod
+    def _check_critic(critic: TensorDictModuleBase, action_key: NestedKey, hint: str) -> None:
+        """Fails fast unless ``critic`` reads ``action_key`` and writes a value.
+
+        ``hint`` ends the error message: where the action key comes from, what to change.
+        """
+        if action_key not in critic.in_keys:
+            raise ValueError(
+                f"the critic must read the action key {action_key!r}; its in_keys are "
+                f"{critic.in_keys}. {hint}"
+            )
+        if len(critic.out_keys) < 1:
+            raise ValueError("the critic writes no output key; it must write a state-action value.")
+
+    def _set_critic(self, critic: TensorDictModuleBase, action_key: NestedKey) -> None:
+        """Installs the critic (checked by :meth:`_check_critic`) and picks its evaluation path."""
+        self.critic = critic
+        self.action_key = action_key
+        self.value_key = critic.out_keys[0]
+        self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
+        # None for critics the fast path does not cover: they take the generic TensorDict path.
+        self._fast_critic = _PiecewiseLinearCritic.from_critic(critic)
+
+    @property
+    def has_fast_critic(self) -> bool:
+        """Whether the critic takes the fast path of :meth:`critic_values` (a ReLU ``MLP``)."""
+        return self._fast_critic is not None
 
     def bind_critic_params(self, params: TensorDictParams) -> None:
         """Makes the actor evaluate ``Q`` with ``params`` (the ones a loss trains).
@@ -30,6 +116,174 @@ class MCMCActorBase(TensorDictModuleBase):
             )
         self.critic_params = params
 
+    def critic_value(
+        self,
+        tensordict: TensorDictBase,
+        action: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Tensor:
+        """``Q(s, action)``, shape ``[*batch]``: the minimum over the bound critics.
+
+        Args:
+            tensordict: holds the critic's state keys.
+            action: the (squashed) action.
+            critic_params: overrides the bound parameters (e.g. detached ones in a loss); with
+                a leading dimension the minimum over its entries is taken.
+        """
+        return self.critic_values(tensordict, action, critic_params).min(dim=0).values
+
+    def critic_values(
+        self,
+        tensordict: TensorDictBase,
+        action: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Tensor:
+        """Every critic's ``Q(s, action)``, shape ``[num_critics, *batch]``.
+
+        ``num_critics`` is the leading dimension of the parameters (1 for unbatched parameters
+        or the critic module's own). Arguments as in :meth:`critic_value`.
+        """
+        params = self.critic_params if critic_params is None else critic_params
+        fast = self._fast_critic
+        if fast is not None:
+            inputs = [self._critic_input(tensordict, key, action) for key in self.critic.in_keys]
+            return fast(inputs, fast.weights(params, detach=False))
+        return self._generic_critic_values(
+            tensordict.select(*self._critic_state_keys), action, params
+        )
+
+    def _critic_input(self, tensordict: TensorDictBase, key: NestedKey, action: Tensor | None):
+        return action if key == self.action_key else tensordict.get(key)
+
+    def _generic_critic_values(
+        self, states: TensorDictBase, action: Tensor, params: TensorDictBase | None
+    ) -> Tensor:
+        """Any ``TensorDictModuleBase`` critic, through its TensorDict interface."""
+        td = states.copy().set(self.action_key, action)
+        if params is None:
+            return self.critic(td).get(self.value_key).squeeze(-1).unsqueeze(0)
+        if params.ndim == 0:
+            return self._critic_with_params(td, params).squeeze(-1).unsqueeze(0)
+        values = torch.vmap(self._critic_with_params, (None, 0), randomness="different")(td, params)
+        return values.squeeze(-1)
+
+    def _critic_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
+        with params.to_module(self.critic):
+            return self.critic(td.copy()).get(self.value_key)
+
+    def _critic_action_grad(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None, *, create_graph: bool
+    ) -> Callable[[Tensor], Tensor]:
+        """``action -> grad_a min_i Q_i(s, action)`` at the states of ``tensordict``.
+
+        Set up once per chain (or flow). ``create_graph`` keeps the gradient's graph (to the
+        action and to parameters that require gradients) wherever it is not identically zero;
+        without it the critic's parameters are detached, as acting needs ``grad_a Q`` only.
+
+        The usual critic, a ReLU ``MLP`` in a ``ValueOperator``/``TensorDictModule``, gets the
+        gradient in closed form (:class:`_PiecewiseLinearCritic`), and when its parameters need
+        no gradient (acting, and the losses' detached critics) it records no graph even with
+        ``create_graph=True``: ``Q`` is piecewise linear in the action, autograd itself
+        differentiates ``grad_a Q`` w.r.t. the action to exact zeros (the backward of ReLU
+        differentiates to ``zeros_like``), so a constant ``grad_a Q`` gives the same values and
+        the same gradients, and training's backward skips one second-order pass through the
+        critics per gradient evaluation. Any other critic gets it from autograd.
+        """
+        fast = self._fast_critic
+        if fast is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() or create_graph):
+                layers = fast.weights(params, detach=not create_graph)
+                inputs = [self._critic_input(tensordict, key, None) for key in self.critic.in_keys]
+                bound = fast.bind(inputs, layers)
+            constant_params = not any(
+                t is not None and t.requires_grad
+                for layer in layers
+                if isinstance(layer, tuple)
+                for t in layer
+            )
+            if constant_params:
+                # Piecewise linear in the action: autograd's derivative of grad_a Q w.r.t. the
+                # action is exactly zero, so with constant parameters the closed form is the
+                # whole answer, create_graph or not.
+                return lambda action: bound.min_value_and_grad(action.detach())[1]
+
+            def min_value(action: Tensor) -> Tensor:
+                return bound.values(action).min(dim=0).values
+
+        else:
+            states = tensordict.select(*self._critic_state_keys)
+
+            def min_value(action: Tensor) -> Tensor:
+                return self._generic_critic_values(states, action, params).min(dim=0).values
+
+        def by_autograd(action: Tensor) -> Tensor:
+            with torch.enable_grad():
+                if not (create_graph and action.requires_grad):
+                    action = action.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(
+                    min_value(action).sum(), action, create_graph=create_graph
+                )
+            return grad
+
+        return by_autograd
+
+    def _squashed_potential_grad(
+        self,
+        tensordict: TensorDictBase,
+        critic_params: TensorDictBase | None,
+        other_terms: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
+        *,
+        dtype: torch.dtype,
+        create_graph: bool,
+    ) -> Callable[[Tensor], Tensor]:
+        """``u -> grad_u U(u)`` for a potential ``U`` of ``u`` through ``Q(s, squash(u))``.
+
+        What both actors' ``potential_grad_fn`` share: the critic's gradient is set up once per
+        chain (:meth:`_critic_action_grad`), and at each ``u`` the squash
+        ``a = mid + half_range * tanh(u)``, its derivative ``half_range * (1 - tanh(u)^2)`` and
+        ``grad_a Q(s, a)`` (the minimum over the critics) are computed under the grad mode
+        ``create_graph`` asks for; ``other_terms(u, a, squash_grad, grad_q)`` assembles
+        ``grad_u U`` from them.
+
+        Args:
+            tensordict: holds the critic's state keys.
+            critic_params: as in :meth:`critic_value` (``None``: the bound ones).
+            other_terms: ``(u, action, squash_grad, grad_q) -> grad_u U``.
+
+        Keyword Args:
+            dtype: the chain's dtype (of the action bounds used).
+            create_graph: a graph to ``u`` and the parameters (training), or none (acting).
+        """
+        params = self.critic_params if critic_params is None else critic_params
+        critic_grad = self._critic_action_grad(tensordict, params, create_graph=create_graph)
+        low, high = self.action_low.to(dtype), self.action_high.to(dtype)
+        # Per-chain constants: squash(u) = mid + half_range * tanh(u).
+        half_range = 0.5 * (high - low)
+        mid = low + half_range
+
+        def grad(u: Tensor) -> Tensor:
+            if not create_graph:
+                u = u.detach()
+            with torch.set_grad_enabled(create_graph):
+                tanh_u = torch.tanh(u)
+                action = mid + half_range * tanh_u
+                squash_grad = (1.0 - tanh_u * tanh_u) * half_range
+                return other_terms(u, action, squash_grad, critic_grad(action))
+
+        return grad
+
+    def _warn_divergent(self, divergent: Tensor, what: str) -> None:
+        """Logs how many samples a chain lost to divergence (they fell back to ``u0``), on the
+        logger of the actor's module."""
+        if divergent.any():
+            logging.getLogger(type(self).__module__).warning(
+                "%s diverged for %d of %d samples; they fall back to u0.",
+                what,
+                int(divergent.sum()),
+                divergent.numel(),
+            )
+
+    # ------------------------------------------------------------------ the prior
     @torch.no_grad()
     def refresh_prior(self) -> None:
         """Copies the policy's current parameters and buffers into the frozen prior ``theta_t``.

@@ -6,9 +6,8 @@ Paper §3.2, §4.2, Algorithms 1–2; DESIGN §1.1.
 from __future__ import annotations
 
 import copy
-import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -28,16 +27,10 @@ from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
-from torchrl_mcmc.modules._common import MCMCActorBase
-from torchrl_mcmc.modules._fast_paths import (
-    _PiecewiseLinearCritic,
-    _plain_policy,
-    _policy_dist,
-)
+from torchrl_mcmc.modules._common import MCMCActorBase, _unique
+from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
 
 __all__ = ["HMCActor", "HMCSample"]
-
-logger = logging.getLogger(__name__)
 
 _GAUSSIAN_CLASSES = (TanhNormal, IndependentNormal, D.Normal)
 
@@ -73,14 +66,6 @@ class HMCSample(NamedTuple):
     prior_loc: Tensor
     prior_scale: Tensor
     divergent: Tensor
-
-
-def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
-    out: list[NestedKey] = []
-    for key in keys:
-        if key not in out:
-            out.append(key)
-    return out
 
 
 def _gaussian_params(dist: D.Distribution) -> tuple[Tensor, Tensor]:
@@ -209,13 +194,7 @@ class HMCActor(MCMCActorBase):
             )
         if action_key is None:
             action_key = policy.dist_sample_keys[0]
-        if action_key not in critic.in_keys:
-            raise ValueError(
-                f"the critic must read the action key {action_key!r}; its in_keys are "
-                f"{critic.in_keys}. Pass action_key=... or build the critic on that key."
-            )
-        if len(critic.out_keys) < 1:
-            raise ValueError("the critic writes no output key; it must write a state-action value.")
+        self._check_critic(critic, action_key, "Pass action_key=... or build the critic on it.")
         action_spec = self._resolve_action_spec(policy, action_spec, action_key)
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be finite and > 0, got beta={beta!r}.")
@@ -238,7 +217,7 @@ class HMCActor(MCMCActorBase):
             )
 
         self.policy = policy
-        self.critic = critic
+        self._set_critic(critic, action_key)
         self.flow = flow
         # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
         self.prior = copy.deepcopy(policy).requires_grad_(False)
@@ -247,13 +226,8 @@ class HMCActor(MCMCActorBase):
         self.register_buffer("action_low", action_spec.space.low.detach().clone().float())
         self.register_buffer("action_high", action_spec.space.high.detach().clone().float())
 
-        self.action_key = action_key
-        self.value_key = critic.out_keys[0]
-        # None for critics the fast path does not cover: they take the generic TensorDict path.
-        self._fast_critic = _PiecewiseLinearCritic.from_critic(critic)
         self._plain_policy = _plain_policy(policy)  # the prior is a copy: same structure
         self.gate_state_key = gate_state_key
-        self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
         hmc_key = (hmc_key,) if isinstance(hmc_key, str) else tuple(hmc_key)
         self.hmc_keys = {
             name: (*hmc_key, name)
@@ -273,130 +247,7 @@ class HMCActor(MCMCActorBase):
                 action_spec = spec[action_key]
             elif isinstance(spec, TensorSpec) and not isinstance(spec, Composite):
                 action_spec = spec
-        if action_spec is None:
-            raise ValueError(
-                "no action spec: pass action_spec=env.action_spec (a Bounded spec), or give the "
-                "policy a spec."
-            )
-        if not isinstance(action_spec, Bounded):
-            raise ValueError(
-                "action_spec must be a Bounded (Box) spec with finite bounds, got "
-                f"{type(action_spec).__name__}: HMC squashes its end point into the box."
-            )
-        low, high = action_spec.space.low, action_spec.space.high
-        if not (low.isfinite().all() and high.isfinite().all() and (high > low).all()):
-            raise ValueError(
-                f"action_spec bounds must be finite with high > low, got low={low}, high={high}."
-            )
-        return action_spec
-
-    @property
-    def has_fast_critic(self) -> bool:
-        """Whether the critic takes the fast path of :meth:`critic_values` (a ReLU ``MLP``)."""
-        return self._fast_critic is not None
-
-    # ------------------------------------------------------------------ critics
-    def critic_value(
-        self,
-        tensordict: TensorDictBase,
-        action: Tensor,
-        critic_params: TensorDictBase | None = None,
-    ) -> Tensor:
-        """``Q(s, action)``, shape ``[*batch]``: the minimum over the bound critics.
-
-        Args:
-            tensordict: holds the critic's state keys.
-            action: the (squashed) action.
-            critic_params: overrides the bound parameters (e.g. detached ones in a loss); with
-                a leading dimension the minimum over its entries is taken.
-        """
-        return self.critic_values(tensordict, action, critic_params).min(dim=0).values
-
-    def critic_values(
-        self,
-        tensordict: TensorDictBase,
-        action: Tensor,
-        critic_params: TensorDictBase | None = None,
-    ) -> Tensor:
-        """Every critic's ``Q(s, action)``, shape ``[num_critics, *batch]``.
-
-        ``num_critics`` is the leading dimension of the parameters (1 for unbatched parameters
-        or the critic module's own). Arguments as in :meth:`critic_value`.
-        """
-        params = self.critic_params if critic_params is None else critic_params
-        fast = self._fast_critic
-        if fast is not None:
-            inputs = [self._critic_input(tensordict, key, action) for key in self.critic.in_keys]
-            return fast(inputs, fast.weights(params, detach=False))
-        return self._generic_critic_values(
-            tensordict.select(*self._critic_state_keys), action, params
-        )
-
-    def _critic_input(self, tensordict: TensorDictBase, key: NestedKey, action: Tensor | None):
-        return action if key == self.action_key else tensordict.get(key)
-
-    def _generic_critic_values(
-        self, states: TensorDictBase, action: Tensor, params: TensorDictBase | None
-    ) -> Tensor:
-        """Any ``TensorDictModuleBase`` critic, through its TensorDict interface."""
-        td = states.copy().set(self.action_key, action)
-        if params is None:
-            return self.critic(td).get(self.value_key).squeeze(-1).unsqueeze(0)
-        if params.ndim == 0:
-            return self._critic_with_params(td, params).squeeze(-1).unsqueeze(0)
-        values = torch.vmap(self._critic_with_params, (None, 0), randomness="different")(td, params)
-        return values.squeeze(-1)
-
-    def _critic_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
-        with params.to_module(self.critic):
-            return self.critic(td.copy()).get(self.value_key)
-
-    def _critic_action_grad(
-        self, tensordict: TensorDictBase, params: TensorDictBase | None, *, create_graph: bool
-    ) -> Callable[[Tensor], Tensor]:
-        """``action -> grad_a min_i Q_i(s, action)`` at the states of ``tensordict``.
-
-        Set up once per chain. ``create_graph`` keeps the gradient's graph (to the action and
-        to parameters that require gradients) wherever it is not identically zero; without it
-        the critic's parameters are detached, as acting needs ``grad_a Q`` only.
-        """
-        fast = self._fast_critic
-        if fast is not None:
-            with torch.set_grad_enabled(torch.is_grad_enabled() or create_graph):
-                layers = fast.weights(params, detach=not create_graph)
-                inputs = [self._critic_input(tensordict, key, None) for key in self.critic.in_keys]
-                bound = fast.bind(inputs, layers)
-            constant_params = not any(
-                t is not None and t.requires_grad
-                for layer in layers
-                if isinstance(layer, tuple)
-                for t in layer
-            )
-            if constant_params:
-                # Piecewise linear in the action: autograd's derivative of grad_a Q w.r.t. the
-                # action is exactly zero, so with constant parameters the closed form is the
-                # whole answer, create_graph or not (see potential_grad_fn).
-                return lambda action: bound.min_value_and_grad(action.detach())[1]
-
-            def min_value(action: Tensor) -> Tensor:
-                return bound.values(action).min(dim=0).values
-
-        else:
-            states = tensordict.select(*self._critic_state_keys)
-
-            def min_value(action: Tensor) -> Tensor:
-                return self._generic_critic_values(states, action, params).min(dim=0).values
-
-        def by_autograd(action: Tensor) -> Tensor:
-            with torch.enable_grad():
-                if not (create_graph and action.requires_grad):
-                    action = action.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(
-                    min_value(action).sum(), action, create_graph=create_graph
-                )
-            return grad
-
-        return by_autograd
+        return MCMCActorBase._check_box(action_spec, "or give the policy a spec.", "HMC")
 
     # ------------------------------------------------------------------ the chain
     def potential_fn(
@@ -439,15 +290,11 @@ class HMCActor(MCMCActorBase):
                        + (u - prior_loc) / prior_scale^2
 
         The squash and prior terms are written out and the critic's state inputs are read once
-        per chain; only ``grad_a Q`` is left to compute. Any critic gets it from autograd. The
-        usual critic, a ReLU ``MLP`` in a ``ValueOperator``/``TensorDictModule``, gets it in
-        closed form (:class:`_PiecewiseLinearCritic`), and when its parameters need no gradient
-        (acting, and the loss's detached critics) it records no graph even with
-        ``create_graph=True``: ``Q`` is piecewise linear in the action, autograd itself
-        differentiates ``grad_a Q`` w.r.t. the action to exact zeros (the backward of ReLU
-        differentiates to ``zeros_like``), so a constant ``grad_a Q`` gives the same values and
-        the same gradients, and training's backward skips ``K + 1`` second-order passes through
-        the critics.
+        per chain; only ``grad_a Q`` is left to compute (:meth:`_critic_action_grad`: in closed
+        form for a ReLU ``MLP`` critic, by autograd for any other). With the loss's detached
+        critics the closed form records no graph even with ``create_graph=True``, which is
+        exact (``grad_a Q`` of a piecewise-linear critic has zero derivative w.r.t. the action)
+        and spares training's backward ``K + 1`` second-order passes through the critics.
 
         Args and keyword args: as :meth:`potential_fn`; ``create_graph`` as in
         :meth:`~torchrl_mcmc.mcmc.HamiltonianFlow.forward`.
@@ -491,27 +338,15 @@ class HMCActor(MCMCActorBase):
             ReLU True
             Tanh False
         """
-        params = self.critic_params if critic_params is None else critic_params
-        critic_grad = self._critic_action_grad(tensordict, params, create_graph=create_graph)
-        low = self.action_low.to(prior_loc.dtype)
-        high = self.action_high.to(prior_loc.dtype)
-        # Per-chain constants: squash(u) = mid + half_range * tanh(u), and the critic term's
-        # factor half_range / beta (squash'(u) = half_range * (1 - tanh(u)^2)).
-        half_range = 0.5 * (high - low)
-        mid = low + half_range
-        critic_coef = half_range / self.beta
+        inv_beta = 1.0 / self.beta  # per-chain constants
         prior_precision = prior_scale.pow(-2)
 
-        def grad(u: Tensor) -> Tensor:
-            if not create_graph:
-                u = u.detach()
-            with torch.set_grad_enabled(create_graph):
-                tanh_u = torch.tanh(u)
-                grad_q = critic_grad(mid + half_range * tanh_u)
-                critic_term = (1.0 - tanh_u * tanh_u) * critic_coef * grad_q
-                return (u - prior_loc) * prior_precision - critic_term
+        def terms(u: Tensor, action: Tensor, squash_grad: Tensor, grad_q: Tensor) -> Tensor:
+            return (u - prior_loc) * prior_precision - squash_grad * grad_q * inv_beta
 
-        return grad
+        return self._squashed_potential_grad(
+            tensordict, critic_params, terms, dtype=prior_loc.dtype, create_graph=create_graph
+        )
 
     def sample(
         self,
@@ -554,12 +389,7 @@ class HMCActor(MCMCActorBase):
             create_graph=create_graph,
             potential_grad_fn=potential_grad,
         )
-        if out.divergent.any():
-            logger.warning(
-                "HMC chain diverged for %d of %d samples; they fall back to u0.",
-                int(out.divergent.sum()),
-                out.divergent.numel(),
-            )
+        self._warn_divergent(out.divergent, "HMC chain")
         action = squash(out.position, self.action_low.to(loc.dtype), self.action_high.to(loc.dtype))
         return HMCSample(
             action=action,

@@ -6,9 +6,8 @@ Paper §3.1, eqs. 6–9; DESIGN §1.2.
 from __future__ import annotations
 
 import copy
-import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -22,11 +21,13 @@ from torchrl.modules import TanhModule
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
-from torchrl_mcmc.modules._common import MCMCActorBase
+from torchrl_mcmc.modules._common import MCMCActorBase, _unique
+from torchrl_mcmc.modules._fast_paths import (
+    _deterministic_policy_output,
+    _plain_deterministic_policy,
+)
 
 __all__ = ["LangevinFlowActor", "LangevinSample", "add_action_noise"]
-
-logger = logging.getLogger(__name__)
 
 
 class LangevinSample(NamedTuple):
@@ -71,14 +72,6 @@ def add_action_noise(
     if clip is not None:
         noise = noise.clamp(-clip, clip)
     return torch.clamp(action + noise * half_width, low, high)
-
-
-def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
-    out: list[NestedKey] = []
-    for key in keys:
-        if key not in out:
-            out.append(key)
-    return out
 
 
 def _tanh_module(policy: TensorDictModuleBase) -> TanhModule:
@@ -143,6 +136,12 @@ class LangevinFlowActor(MCMCActorBase):
     (and a TorchRL ``AdditiveGaussianModule`` can follow it instead). The flow switches autograd
     on for its own ``grad_u U`` evaluations, so it works inside a collector's
     :func:`torch.no_grad`; written outputs are detached.
+
+    **The critic's gradient.** Each layer needs ``grad_u U``: the squash and distance terms
+    are written out (:meth:`potential_grad_fn`), and ``grad_a Q`` of the usual critic, a ReLU
+    ``MLP`` in a ``ValueOperator``/``TensorDictModule`` (:attr:`has_fast_critic`), is computed
+    in closed form, as :class:`~torchrl_mcmc.HMCActor` does; any other critic gets it from
+    autograd. Both give the same actions, losses and gradients.
 
     **The critic the actor sees** is handed over exactly as for
     :class:`~torchrl_mcmc.HMCActor`: a loss that trains it calls :meth:`bind_critic_params` with
@@ -226,13 +225,7 @@ class LangevinFlowActor(MCMCActorBase):
         super().__init__()
         tanh = _tanh_module(policy)
         action_key = tanh.out_keys[0]
-        if action_key not in critic.in_keys:
-            raise ValueError(
-                f"the critic must read the action key {action_key!r} (the TanhModule's output); "
-                f"its in_keys are {critic.in_keys}."
-            )
-        if len(critic.out_keys) < 1:
-            raise ValueError("the critic writes no output key; it must write a state-action value.")
+        self._check_critic(critic, action_key, "It is the output key of the policy's TanhModule.")
         action_spec = self._resolve_action_spec(tanh, action_spec, action_key)
         for name, value, strict in (
             ("beta", beta, True),
@@ -272,7 +265,7 @@ class LangevinFlowActor(MCMCActorBase):
             state_key = policy.in_keys[0]
 
         self.policy = policy
-        self.critic = critic
+        self._set_critic(critic, action_key)
         self.flow = flow
         # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
         self.prior = copy.deepcopy(policy).requires_grad_(False)
@@ -283,11 +276,10 @@ class LangevinFlowActor(MCMCActorBase):
         self.register_buffer("action_high", action_spec.space.high.detach().clone().float())
         self.distance_smoothing = float(distance_smoothing)
 
-        self.action_key = action_key
         self.base_key = tanh.in_keys[0]
-        self.value_key = critic.out_keys[0]
+        # The prior is a copy: same structure, same path.
+        self._plain_policy = _plain_deterministic_policy(policy, self.base_key)
         self.state_key = state_key if flow.state_dim else None
-        self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
         flow_key = (flow_key,) if isinstance(flow_key, str) else tuple(flow_key)
         self.flow_keys = {name: (*flow_key, name) for name in ("u0", "uK", "divergent")}
         extra = [self.state_key] if self.state_key is not None else []
@@ -302,21 +294,10 @@ class LangevinFlowActor(MCMCActorBase):
             spec = tanh.spec
             if isinstance(spec, Composite) and action_key in spec.keys(True):
                 action_spec = spec[action_key]
-        if action_spec is None:
-            raise ValueError(
-                "no action spec: pass action_spec=env.action_spec (a Bounded spec), or build the "
-                "policy's TanhModule with spec=..."
-            )
-        if not isinstance(action_spec, Bounded):
-            raise ValueError(
-                "action_spec must be a Bounded (Box) spec with finite bounds, got "
-                f"{type(action_spec).__name__}: the flow squashes its end point into the box."
-            )
+        action_spec = MCMCActorBase._check_box(
+            action_spec, "or build the policy's TanhModule with spec=...", "the flow"
+        )
         low, high = action_spec.space.low, action_spec.space.high
-        if not (low.isfinite().all() and high.isfinite().all() and (high > low).all()):
-            raise ValueError(
-                f"action_spec bounds must be finite with high > low, got low={low}, high={high}."
-            )
         name = action_key if isinstance(action_key, str) else "_".join(action_key)
         tanh_low, tanh_high = getattr(tanh, f"{name}_low"), getattr(tanh, f"{name}_high")
         same = [
@@ -329,34 +310,6 @@ class LangevinFlowActor(MCMCActorBase):
                 f"spec's box is [{low}, {high}]; build the TanhModule with spec=action_spec."
             )
         return action_spec
-
-    # ------------------------------------------------------------------ critics
-    def critic_value(
-        self,
-        tensordict: TensorDictBase,
-        action: Tensor,
-        critic_params: TensorDictBase | None = None,
-    ) -> Tensor:
-        """``Q(s, action)``, shape ``[*batch]``: the minimum over the bound critics.
-
-        Args:
-            tensordict: holds the critic's state keys.
-            action: the (squashed) action.
-            critic_params: overrides the bound parameters (e.g. detached ones in a loss); with
-                a leading dimension the minimum over its entries is taken.
-        """
-        params = self.critic_params if critic_params is None else critic_params
-        td = tensordict.select(*self._critic_state_keys).set(self.action_key, action)
-        if params is None:
-            return self.critic(td).get(self.value_key).squeeze(-1)
-        if params.ndim == 0:
-            return self._critic_with_params(td, params).squeeze(-1)
-        values = torch.vmap(self._critic_with_params, (None, 0), randomness="different")(td, params)
-        return values.min(dim=0).values.squeeze(-1)
-
-    def _critic_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
-        with params.to_module(self.critic):
-            return self.critic(td.copy()).get(self.value_key)
 
     # ------------------------------------------------------------------ the flow
     def potential_fn(
@@ -379,6 +332,75 @@ class LangevinFlowActor(MCMCActorBase):
 
         return potential
 
+    def potential_grad_fn(
+        self,
+        tensordict: TensorDictBase,
+        prior_action: Tensor,
+        critic_params: TensorDictBase | None = None,
+        *,
+        create_graph: bool = False,
+    ) -> Callable[[Tensor], Tensor]:
+        """``grad_u U`` of :meth:`potential_fn`'s ``U``, as the flow's layers need it.
+
+        With ``a = squash(u) = low + (high - low) * (tanh(u) + 1) / 2`` and
+        ``v = a - pi_theta_t(s)``,
+
+        .. code-block:: text
+
+            grad_u U = (high - low) / 2 * (1 - tanh(u)^2)
+                       * ( grad_a Q(s, a) / beta - v / sqrt(||v||^2 + delta^2) )
+
+        The squash and distance terms are written out and the critic's state inputs are read
+        once per flow; only ``grad_a Q`` is left to compute (:meth:`_critic_action_grad`: in
+        closed form for a ReLU ``MLP`` critic, by autograd for any other). With the loss's
+        detached critics the closed form records no graph even with ``create_graph=True``,
+        which is exact (``grad_a Q`` of a piecewise-linear critic has zero derivative w.r.t. the
+        action) and spares training's backward ``K`` second-order passes through the critics.
+
+        Args and keyword args: as :meth:`potential_fn`; ``create_graph`` as in
+        :meth:`~torchrl_mcmc.mcmc.LangevinFlow.forward`.
+
+        Examples:
+            The closed form (a ReLU critic: the fast path) agrees with autograd through
+            :meth:`potential_fn`:
+
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> from tensordict.nn import TensorDictModule, TensorDictSequential
+            >>> from torch import nn
+            >>> from torchrl.data import Bounded
+            >>> from torchrl.modules import MLP, TanhModule, ValueOperator
+            >>> from torchrl_mcmc.mcmc import potential_grad
+            >>> spec = Bounded(-2.0, 2.0, shape=(2,))
+            >>> policy = TensorDictSequential(
+            ...     TensorDictModule(MLP(in_features=3, out_features=2, num_cells=[16]),
+            ...                      in_keys=["observation"], out_keys=["param"]),
+            ...     TanhModule(in_keys=["param"], out_keys=["action"], spec=spec))
+            >>> critic = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[16, 16],
+            ...                            activation_class=nn.ReLU),
+            ...                        in_keys=["observation", "action"])
+            >>> actor = LangevinFlowActor(policy, critic, state_dim=3, beta=0.5)
+            >>> actor.has_fast_critic
+            True
+            >>> td = TensorDict({"observation": torch.randn(8, 3)}, batch_size=[8])
+            >>> prior_action, u = torch.rand(8, 2) * 4 - 2, torch.randn(8, 2)
+            >>> closed = actor.potential_grad_fn(td, prior_action)(u)
+            >>> potential = actor.potential_fn(td, prior_action)
+            >>> torch.testing.assert_close(closed, potential_grad(potential, u, create_graph=False))
+        """
+        inv_beta = 1.0 / self.beta  # per-flow constants
+        smoothing_sq = self.distance_smoothing**2
+
+        def terms(u: Tensor, action: Tensor, squash_grad: Tensor, grad_q: Tensor) -> Tensor:
+            # grad_a of the smoothed norm sqrt(||v||^2 + delta^2) - delta.
+            gap = action - prior_action
+            grad_distance = gap / (gap.pow(2).sum(-1, keepdim=True) + smoothing_sq).sqrt()
+            return squash_grad * (grad_q * inv_beta - grad_distance)
+
+        return self._squashed_potential_grad(
+            tensordict, critic_params, terms, dtype=prior_action.dtype, create_graph=create_graph
+        )
+
     def sample(
         self,
         tensordict: TensorDictBase,
@@ -397,19 +419,24 @@ class LangevinFlowActor(MCMCActorBase):
             critic_params: parameters for ``Q`` in the potential (default: the bound ones).
                 Losses pass detached parameters so that the policy term never reaches the critic.
         """
-        policy_in = tensordict.select(*self.policy.in_keys)
-        u0 = self.policy(policy_in.copy()).get(self.base_key)
+        plain, base_key = self._plain_policy, self.base_key
+        u0 = _deterministic_policy_output(self.policy, tensordict, base_key, plain)
         low, high = self.action_low.to(u0.dtype), self.action_high.to(u0.dtype)
-        prior_action = squash(self.prior(policy_in.copy()).get(self.base_key), low, high)
+        prior_u = _deterministic_policy_output(self.prior, tensordict, base_key, plain)
+        prior_action = squash(prior_u, low, high)
         state = tensordict.get(self.state_key) if self.state_key is not None else None
         potential = self.potential_fn(tensordict, prior_action, critic_params)
-        out = self.flow(u0, potential, state=state, create_graph=create_graph)
-        if out.divergent.any():
-            logger.warning(
-                "Langevin flow diverged for %d of %d samples; they fall back to u0.",
-                int(out.divergent.sum()),
-                out.divergent.numel(),
-            )
+        potential_grad = self.potential_grad_fn(
+            tensordict, prior_action, critic_params, create_graph=create_graph
+        )
+        out = self.flow(
+            u0,
+            potential,
+            state=state,
+            create_graph=create_graph,
+            potential_grad_fn=potential_grad,
+        )
+        self._warn_divergent(out.divergent, "Langevin flow")
         return LangevinSample(
             action=squash(out.position, low, high),
             u0=u0,

@@ -1,8 +1,10 @@
 """What :class:`~torchrl_mcmc.HMCLoss` and :class:`~torchrl_mcmc.LangevinFlowLoss` share.
 
 Both train an MCMC-refined actor against twin critics with a KL-like term weighted by ``beta``:
-the tensordict keys, the value-estimator plumbing, ``beta`` (the actor's buffer, so acting and
-training read one tensor) and the parameter groups are the same, and live here once.
+the arguments they share, the tensordict keys, the value-estimator plumbing, ``beta`` (the
+actor's buffer, so acting and training read one tensor), the parameter groups, the critics'
+evaluation and TD regression, and the assembly of :meth:`~MCMCPolicyLoss.forward` are the same,
+and live here once.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator
+from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+
+from torchrl_mcmc.modules._common import MCMCActorBase
 
 __all__ = ["MCMCPolicyLoss"]
 
@@ -26,11 +31,60 @@ def parameters_of(params: TensorDictParams) -> Iterator[nn.Parameter]:
 
 
 class MCMCPolicyLoss(LossModule):
-    """Base of the package's losses; subclasses set ``self.actor`` and convert their networks.
+    """Base of the package's losses; subclasses convert their networks and define the losses.
 
-    A subclass must call ``convert_to_functional`` for ``"actor_network"`` (the base policy)
-    and ``"qvalue_network"`` (the critics) and bind the latter to ``self.actor``.
+    A subclass calls ``super().__init__(actor, ...)`` (which checks and stores the shared
+    arguments), then ``convert_to_functional`` for ``"actor_network"`` (the base policy) and
+    :meth:`_convert_critics` (the critics, bound to ``self.actor``). It defines
+    ``actor_loss``, ``qvalue_loss`` and :meth:`_h_loss` (each returning ``(loss, metadata)``),
+    ``_H_LOSS_KEY`` (the key of :meth:`_h_loss` in :meth:`forward`'s output) and
+    ``_DIAGNOSTICS`` (the detached diagnostics it writes).
+
+    Args:
+        actor: the actor to train (type-checked by the subclass).
+
+    Keyword Args:
+        num_qvalue_nets: number of critics (``>= 1``).
+        loss_function: critic regression loss (``"l2"``, ``"smooth_l1"``, ``"l1"``).
+        update_mode: ``"alternating"`` (eq. 11) or ``"joint"``.
     """
+
+    actor_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    qvalue_network: TensorDictModule
+    qvalue_network_params: TensorDictParams
+    target_qvalue_network_params: TensorDictParams
+
+    #: ``forward``'s key for the loss of ``h`` alone (``"alternating"`` mode only).
+    _H_LOSS_KEY: str
+    #: ``forward``'s detached diagnostics, after the losses.
+    _DIAGNOSTICS: tuple[str, ...]
+
+    def __init__(
+        self,
+        actor: MCMCActorBase,
+        *,
+        num_qvalue_nets: int,
+        loss_function: str,
+        update_mode: str,
+    ) -> None:
+        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
+            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}.")
+        if update_mode not in ("alternating", "joint"):
+            raise ValueError(
+                f"update_mode must be 'alternating' or 'joint', got update_mode={update_mode!r}."
+            )
+        if loss_function not in ("l2", "smooth_l1", "l1"):
+            raise ValueError(
+                f"loss_function must be 'l2', 'smooth_l1' or 'l1', got {loss_function!r}."
+            )
+        self._in_keys = None
+        super().__init__()
+        self.actor = actor
+        self.num_qvalue_nets = num_qvalue_nets
+        self.loss_function = loss_function
+        self.update_mode = update_mode
 
     @dataclass
     class _AcceptedKeys:
@@ -82,6 +136,65 @@ class MCMCPolicyLoss(LossModule):
     def _qvalue_with_params(self, td: TensorDictBase, params: TensorDictBase) -> Tensor:
         with params.to_module(self.qvalue_network):
             return self.qvalue_network(td.copy()).get(self.tensor_keys.state_action_value)
+
+    def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
+        """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
+        if self.actor.has_fast_critic:
+            # The actor's batched-matmul evaluation of the same critic (critic_values).
+            return self.actor.critic_values(td, action, params)
+        td = td.select(*self.qvalue_network.in_keys, strict=False)
+        td.set(self.tensor_keys.action, action)
+        return self._vmap_qvalue(td, params).squeeze(-1)
+
+    def _critic_td_loss(
+        self, tensordict: TensorDictBase, next_value: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Twin-critic regression on the value estimator's target, given ``V(s')``.
+
+        Args:
+            tensordict: the batch.
+            next_value: ``[*batch]`` value of the next states (target critics, no graph).
+        """
+        target_td = tensordict.select(*self.in_keys, strict=False).copy()
+        target_td.set(("next", self.tensor_keys.value), next_value.unsqueeze(-1))
+        target = self.value_estimator.value_estimate(target_td).squeeze(-1).detach()
+        action = tensordict.get(self.tensor_keys.action)
+        pred = self._qvalues(tensordict, action, self.qvalue_network_params)
+        loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function)
+        td_error = (pred - target).abs().max(0).values.detach()
+        return loss.sum(0).mean(), {"td_error": td_error}
+
+    # ------------------------------------------------------------------ the losses
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of ``theta`` (and of ``h`` too in ``"joint"`` mode), with diagnostics."""
+        raise NotImplementedError
+
+    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critics' TD loss, with ``td_error`` per state."""
+        raise NotImplementedError
+
+    def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of ``h`` alone (the subclass's public ``hmc_loss``/``flow_loss``)."""
+        raise NotImplementedError
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_actor", "loss_qvalue"]
+        if self.update_mode == "alternating":
+            keys.insert(1, self._H_LOSS_KEY)
+        return [*keys, *self._DIAGNOSTICS]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """All losses at the current parameters, and the detached diagnostics."""
+        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
+        loss_actor, metadata = self.actor_loss(tensordict)
+        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
+        if self.update_mode == "alternating":
+            out[self._H_LOSS_KEY], _ = self._h_loss(tensordict)
+        out.update(metadata)
+        out["td_error"] = q_meta["td_error"].mean()
+        out["beta"] = self.beta.detach().clone()
+        return TensorDict(out, batch_size=[])
 
     # ------------------------------------------------------------------ beta
     @property

@@ -10,10 +10,8 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
-from torchrl.objectives.utils import distance_loss
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, standard_normal_log_prob
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
@@ -116,13 +114,6 @@ class HMCLoss(MCMCPolicyLoss):
         0.5
     """
 
-    actor_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
-
     def __init__(
         self,
         actor: HMCActor,
@@ -134,27 +125,17 @@ class HMCLoss(MCMCPolicyLoss):
     ) -> None:
         if not isinstance(actor, HMCActor):
             raise TypeError(f"actor must be an HMCActor, got {type(actor).__name__}.")
-        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}.")
-        if update_mode not in ("alternating", "joint"):
-            raise ValueError(
-                f"update_mode must be 'alternating' or 'joint', got update_mode={update_mode!r}."
-            )
         if target_entropy not in ("none", "auxiliary"):
             raise ValueError(
                 "target_entropy must be 'none' or 'auxiliary', got "
                 f"target_entropy={target_entropy!r}."
             )
-        if loss_function not in ("l2", "smooth_l1", "l1"):
-            raise ValueError(
-                f"loss_function must be 'l2', 'smooth_l1' or 'l1', got {loss_function!r}."
-            )
-        self._in_keys = None
-        super().__init__()
-        self.actor = actor
-        self.num_qvalue_nets = num_qvalue_nets
-        self.loss_function = loss_function
-        self.update_mode = update_mode
+        super().__init__(
+            actor,
+            num_qvalue_nets=num_qvalue_nets,
+            loss_function=loss_function,
+            update_mode=update_mode,
+        )
         self.target_entropy = target_entropy
         # theta: the policy's own Parameter objects (no copy), so the actor trains with them.
         self.convert_to_functional(actor.policy, "actor_network", create_target_params=False)
@@ -165,13 +146,7 @@ class HMCLoss(MCMCPolicyLoss):
         """``h``: the chain's step sizes and gate nets."""
         return self.actor.flow.parameters()
 
-    @property
-    def out_keys(self) -> list[str]:
-        keys = ["loss_actor", "loss_qvalue"]
-        if self.update_mode == "alternating":
-            keys.insert(1, "loss_hmc")
-        return [*keys, *self._DIAGNOSTICS]
-
+    _H_LOSS_KEY = "loss_hmc"
     _DIAGNOSTICS = (
         "beta",
         "policy_distance",
@@ -182,16 +157,6 @@ class HMCLoss(MCMCPolicyLoss):
         "step_size",
         "td_error",
     )
-
-    # ------------------------------------------------------------------ critics
-    def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
-        """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
-        if self.actor.has_fast_critic:
-            # The actor's batched-matmul evaluation of the same critic (HMCActor.critic_values).
-            return self.actor.critic_values(td, action, params)
-        td = td.select(*self.qvalue_network.in_keys, strict=False)
-        td.set(self.tensor_keys.action, action)
-        return self._vmap_qvalue(td, params).squeeze(-1)
 
     # ------------------------------------------------------------------ objective (17)
     def _chain(
@@ -262,6 +227,9 @@ class HMCLoss(MCMCPolicyLoss):
         out, states, _ = self._chain(tensordict, "theta")
         return -self._objective(states, out).mean(), {}
 
+    def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.hmc_loss(tensordict)
+
     @torch.no_grad()
     def _diagnostics(
         self, tensordict: TensorDictBase, out: HMCSample, q_end: Tensor | None = None
@@ -307,25 +275,4 @@ class HMCLoss(MCMCPolicyLoss):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Twin-critic TD loss; the target action is the chain's on ``s'``."""
-        target_td = tensordict.select(*self.in_keys, strict=False).copy()
-        target_td.set(
-            ("next", self.tensor_keys.value),
-            self._next_state_value(tensordict).unsqueeze(-1),
-        )
-        target = self.value_estimator.value_estimate(target_td).squeeze(-1).detach()
-        action = tensordict.get(self.tensor_keys.action)
-        pred = self._qvalues(tensordict, action, self.qvalue_network_params)
-        loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function)
-        td_error = (pred - target).abs().max(0).values.detach()
-        return loss.sum(0).mean(), {"td_error": td_error}
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
-        loss_actor, metadata = self.actor_loss(tensordict)
-        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
-        if self.update_mode == "alternating":
-            out["loss_hmc"], _ = self.hmc_loss(tensordict)
-        out.update(metadata)
-        out["td_error"] = q_meta["td_error"].mean()
-        out["beta"] = self.beta.detach().clone()
-        return TensorDict(out, batch_size=[])
+        return self._critic_td_loss(tensordict, self._next_state_value(tensordict))

@@ -10,10 +10,8 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDictBase, TensorDictParams
 from torch import Tensor, nn
-from torchrl.objectives.utils import distance_loss
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
@@ -142,15 +140,9 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         >>> loss.beta = pid.update(info["policy_distance"])  # once per policy iteration
     """
 
-    actor_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
     flow_network: LangevinFlow
     flow_network_params: TensorDictParams
     target_flow_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -166,27 +158,17 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     ) -> None:
         if not isinstance(actor, LangevinFlowActor):
             raise TypeError(f"actor must be a LangevinFlowActor, got {type(actor).__name__}.")
-        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}.")
-        if update_mode not in ("alternating", "joint"):
-            raise ValueError(
-                f"update_mode must be 'alternating' or 'joint', got update_mode={update_mode!r}."
-            )
-        if loss_function not in ("l2", "smooth_l1", "l1"):
-            raise ValueError(
-                f"loss_function must be 'l2', 'smooth_l1' or 'l1', got {loss_function!r}."
-            )
         for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}.")
-        self._in_keys = None
-        super().__init__()
-        self.actor = actor
-        self.num_qvalue_nets = num_qvalue_nets
-        self.loss_function = loss_function
+        super().__init__(
+            actor,
+            num_qvalue_nets=num_qvalue_nets,
+            loss_function=loss_function,
+            update_mode=update_mode,
+        )
         self.policy_noise = float(policy_noise)
         self.noise_clip = float(noise_clip)
-        self.update_mode = update_mode
         # theta and h: the actor's own Parameter objects (no copy), so the actor acts with what
         # is trained here; their Polyak copies feed the TD target (TD3's target actor).
         self.convert_to_functional(actor.policy, "actor_network", create_target_params=delay_actor)
@@ -198,13 +180,7 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         """``h``: the flow's step sizes and coupling networks."""
         return self.actor.flow.parameters()
 
-    @property
-    def out_keys(self) -> list[str]:
-        keys = ["loss_actor", "loss_qvalue"]
-        if self.update_mode == "alternating":
-            keys.insert(1, "loss_flow")
-        return [*keys, *self._DIAGNOSTICS]
-
+    _H_LOSS_KEY = "loss_flow"
     _DIAGNOSTICS = (
         "beta",
         "policy_distance",
@@ -213,13 +189,6 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         "num_divergent",
         "td_error",
     )
-
-    # ------------------------------------------------------------------ critics
-    def _qvalues(self, td: TensorDictBase, action: Tensor, params: TensorDictBase) -> Tensor:
-        """``[num_qvalue_nets, *batch]`` values of ``action`` at the states of ``td``."""
-        td = td.select(*self.qvalue_network.in_keys, strict=False)
-        td.set(self.tensor_keys.action, action)
-        return self._vmap_qvalue(td, params).squeeze(-1)
 
     # ------------------------------------------------------------------ objective (10)
     def _flow(
@@ -276,6 +245,9 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         out, states, _ = self._flow(tensordict, "policy")
         return -self._objective(states, out)[0].mean(), {}
 
+    def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.flow_loss(tensordict)
+
     @torch.no_grad()
     def _diagnostics(
         self, tensordict: TensorDictBase, out: LangevinSample, q_end: Tensor
@@ -314,22 +286,4 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         next_action = self._next_action(next_td)
         with torch.no_grad():
             next_q = self._qvalues(next_td, next_action, self.target_qvalue_network_params)
-        target_td = tensordict.select(*self.in_keys, strict=False).copy()
-        target_td.set(("next", self.tensor_keys.value), next_q.min(0).values.unsqueeze(-1))
-        target = self.value_estimator.value_estimate(target_td).squeeze(-1).detach()
-        action = tensordict.get(self.tensor_keys.action)
-        pred = self._qvalues(tensordict, action, self.qvalue_network_params)
-        loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function)
-        td_error = (pred - target).abs().max(0).values.detach()
-        return loss.sum(0).mean(), {"td_error": td_error}
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
-        loss_actor, metadata = self.actor_loss(tensordict)
-        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
-        if self.update_mode == "alternating":
-            out["loss_flow"], _ = self.flow_loss(tensordict)
-        out.update(metadata)
-        out["td_error"] = q_meta["td_error"].mean()
-        out["beta"] = self.beta.detach().clone()
-        return TensorDict(out, batch_size=[])
+        return self._critic_td_loss(tensordict, next_q.min(0).values)
