@@ -16,8 +16,10 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -398,6 +400,39 @@ def plot_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
+class _StopRequests:
+    """SIGINT / SIGTERM ask the loop to stop at the end of the current iteration.
+
+    The loop then writes a checkpoint and exits (status 128 + signal number), so an interrupted
+    run (Ctrl-C, a scheduler's SIGTERM) loses nothing and resumes with ``resume=<run dir>``. A
+    second signal falls through to Python's default handling, so a stuck run can still be
+    killed. Handlers exist only in the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        logger.warning(
+            "%s received: stopping after this iteration (again to stop now)",
+            signal.Signals(signum).name,
+        )
+        for previous_signum, handler in self._previous.items():
+            signal.signal(previous_signum, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 @dataclass
 class _Progress:
     frames: int = 0
@@ -409,7 +444,8 @@ class _Progress:
 
 
 def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device], Method]) -> int:
-    """Trains one run end to end; returns a process exit code (0 ok, 2 bad config)."""
+    """Trains one run end to end; returns a process exit code (0 ok, 2 bad config, 128 + N
+    stopped by signal N after writing a checkpoint)."""
     fresh_dir = _hydra_output_dir()
     try:
         validate_config(cfg)
@@ -494,50 +530,63 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         dynamic_ncols=True,
     )
     last = {"eval": float("nan"), "beta": float("nan")}
-    for batch in collector:
-        frames = batch.numel()
-        progress.frames += frames
-        buffer.extend(batch.reshape(-1).select(*method.replay_keys, strict=False))
-        scalars: dict[str, float] = {}
-        done = batch["next", "done"]
-        if done.any():
-            scalars["train/episode_return"] = batch["next", "episode_reward"][done].mean().item()
-        if progress.frames > cfg.collector.init_random_frames:
-            method.begin_iteration()
-            metrics = []
-            for _ in range(max(1, round(frames * cfg.optim.utd_ratio))):
-                metrics.append(method.update(buffer.sample()))
-            progress.updates += len(metrics)
-            # Delayed updates (TD3) report some keys only on some steps: average what is there.
-            for key in dict.fromkeys(k for m in metrics for k in m):
-                scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics if key in m]))
-            for key, value in method.end_iteration(metrics).items():
-                scalars[f"train/{key}"] = value
-            last["beta"] = scalars.get("train/beta", last["beta"])
-        collector.update_policy_weights_()
+    with _StopRequests() as stop:
+        for batch in collector:
+            frames = batch.numel()
+            progress.frames += frames
+            buffer.extend(batch.reshape(-1).select(*method.replay_keys, strict=False))
+            scalars: dict[str, float] = {}
+            done = batch["next", "done"]
+            if done.any():
+                scalars["train/episode_return"] = (
+                    batch["next", "episode_reward"][done].mean().item()
+                )
+            if progress.frames > cfg.collector.init_random_frames:
+                method.begin_iteration()
+                metrics = []
+                for _ in range(max(1, round(frames * cfg.optim.utd_ratio))):
+                    metrics.append(method.update(buffer.sample()))
+                progress.updates += len(metrics)
+                # Delayed updates (TD3) report some keys only on some steps: average what is there.
+                for key in dict.fromkeys(k for m in metrics for k in m):
+                    scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics if key in m]))
+                for key, value in method.end_iteration(metrics).items():
+                    scalars[f"train/{key}"] = value
+                last["beta"] = scalars.get("train/beta", last["beta"])
+            collector.update_policy_weights_()
 
-        if progress.frames >= progress.next_eval or progress.frames >= cfg.collector.total_frames:
-            value = evaluate(method.policy, eval_env, cfg.eval.episodes, cfg.env.max_episode_steps)
-            progress.eval_history.append({"frames": progress.frames, "eval_return": value})
-            scalars["eval/return"] = last["eval"] = value
-            progress.next_eval += cfg.eval.interval_frames
-            plot_curve(progress.eval_history, run_dir / "learning_curve.png", _title(cfg))
-            logger.info("frames %d  eval return %.2f", progress.frames, value)
-        progress.wall_time = time.monotonic() - started
-        scalars["time/frames_per_s"] = progress.frames / max(progress.wall_time, 1e-9)
-        if exp_logger is not None:
-            for key, value in scalars.items():
-                exp_logger.log_scalar(key, value, step=progress.frames)
-        bar.update(frames)
-        bar.set_postfix(eval=f"{last['eval']:.1f}", beta=f"{last['beta']:.3g}", refresh=False)
-        if progress.frames >= progress.next_checkpoint:
-            progress.next_checkpoint += cfg.checkpoint.interval_frames
-            checkpoint()
+            if (
+                progress.frames >= progress.next_eval
+                or progress.frames >= cfg.collector.total_frames
+            ):
+                value = evaluate(
+                    method.policy, eval_env, cfg.eval.episodes, cfg.env.max_episode_steps
+                )
+                progress.eval_history.append({"frames": progress.frames, "eval_return": value})
+                scalars["eval/return"] = last["eval"] = value
+                progress.next_eval += cfg.eval.interval_frames
+                plot_curve(progress.eval_history, run_dir / "learning_curve.png", _title(cfg))
+                logger.info("frames %d  eval return %.2f", progress.frames, value)
+            progress.wall_time = time.monotonic() - started
+            scalars["time/frames_per_s"] = progress.frames / max(progress.wall_time, 1e-9)
+            if exp_logger is not None:
+                for key, value in scalars.items():
+                    exp_logger.log_scalar(key, value, step=progress.frames)
+            bar.update(frames)
+            bar.set_postfix(eval=f"{last['eval']:.1f}", beta=f"{last['beta']:.3g}", refresh=False)
+            if progress.frames >= progress.next_checkpoint:
+                progress.next_checkpoint += cfg.checkpoint.interval_frames
+                checkpoint()
+            if stop.signum is not None:
+                break
     bar.close()
     collector.shutdown()
     eval_env.close()
     if progress.next_checkpoint - cfg.checkpoint.interval_frames != progress.frames:
         checkpoint()  # the final state, unless the interval just wrote it
+    if stop.signum is not None:
+        logger.warning("stopped at %d frames; continue with resume=%s", progress.frames, run_dir)
+        return 128 + stop.signum
     if cfg.eval.video:
         record_video(method.policy, cfg, run_dir / "episode.gif")
     _write_summary(cfg, run_dir, progress)

@@ -100,6 +100,44 @@ def test_kill_9_then_resume_continues_the_frame_counter(script: str, tmp_path: P
     assert final["progress"]["updates"] > state["progress"]["updates"]
 
 
+def test_sigterm_writes_a_checkpoint_between_intervals_and_the_run_resumes(
+    tmp_path: Path,
+) -> None:
+    # Checkpoint interval beyond the budget: only the stop request can have written one.
+    overrides = [
+        *SMOKE,
+        "env=Pendulum-v1",
+        "collector.total_frames=2000",
+        "checkpoint.interval_frames=1000000",
+        "eval.interval_frames=100",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "sac.py"), *overrides, f"run_root={tmp_path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list(tmp_path.rglob("train.log"))
+        if logs and "eval return" in logs[0].read_text():
+            break  # training has begun
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    (run_dir,) = _run_dirs(tmp_path)
+    assert not (run_dir / "summary.json").exists()  # stopped, not finished
+    pointer = (run_dir / "latest_checkpoint.txt").read_text().strip()
+    state = torch.load(run_dir / "checkpoints" / pointer, weights_only=True)
+    stopped_at = state["frames"]
+    assert 100 <= stopped_at < 2000
+    assert f"stopped at {stopped_at} frames" in (run_dir / "train.log").read_text()
+    _run("sac.py", *overrides, f"resume={run_dir}", run_root=tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"] == 2000
+    assert f"resumed at {stopped_at} frames" in (run_dir / "train.log").read_text()
+
+
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
     logs = []
     for name in ("a", "b"):
