@@ -12,7 +12,8 @@ buffers). ``run`` skips runs whose ``summary.json`` exists, resumes runs that ha
 checkpoint (``resume=<run dir>``) and starts the rest, one after another, so an interrupted grid
 continues where it stopped and never redoes a finished run. A finished run's ``summary.json``
 and evaluation curve are copied to ``benchmarks/results/learning/<tier>/`` for committing.
-``aggregate`` reads those copies only.
+``aggregate`` reads those copies only. Ctrl-C or ``kill <pid>`` of the grid is passed on to the
+run in progress, which checkpoints before it exits; the grid stops, and ``run`` continues it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -188,9 +190,18 @@ def run_grid(args: argparse.Namespace) -> int:
         logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
         started = time.monotonic()
         with open(directory.parent / f"seed{seed}.log", "a") as log:
-            code = subprocess.call(
-                [sys.executable, *cmd[1:]], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            code, stopped = _run_child([sys.executable, *cmd[1:]], log)
+        if stopped:
+            logger.warning(
+                "stopped by %s: %s %s seed %d checkpointed (exit %d); run the grid again to "
+                "continue",
+                signal.Signals(stopped).name,
+                method,
+                env,
+                seed,
+                code,
             )
+            return 128 + stopped
         if code != 0 or not (directory / "summary.json").exists():
             logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
             failures += 1
@@ -198,6 +209,40 @@ def run_grid(args: argparse.Namespace) -> int:
         _collect(args.tier, method, env, seed)
         logger.info("done in %.0f s", time.monotonic() - started)
     return 1 if failures else 0
+
+
+def _run_child(cmd: list[str], log) -> tuple[int, int | None]:
+    """Runs one training process; returns its exit code and the signal that stopped the grid.
+
+    A SIGINT or SIGTERM to the grid is passed on to the run once, which then finishes its
+    iteration, writes a checkpoint and exits; the grid stops after it. The run gets its own
+    session, so a terminal's Ctrl-C reaches it only through this forwarding: a second,
+    direct signal would make it stop without its checkpoint.
+    """
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+    )
+    stopped: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        if not stopped and proc.poll() is None:
+            proc.send_signal(signum)
+        stopped.append(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                # Short waits: a signal delivered to another thread still gets handled
+                # (Python runs handlers in the main thread between bytecodes only).
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code, (stopped[0] if stopped else None)
 
 
 def _collect(tier_name: str, method: str, env: str, seed: int) -> None:

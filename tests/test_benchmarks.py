@@ -40,7 +40,7 @@ def test_grid_skips_finished_resumes_partial_and_starts_pending(sandbox, monkeyp
     (partial / "latest_checkpoint.txt").write_text("frames_000000005000.pt")
     calls = []
 
-    def fake_call(cmd, **kwargs):
+    def fake_call(cmd, log):
         calls.append(cmd)
         directory = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
         directory.mkdir(parents=True, exist_ok=True)
@@ -49,9 +49,9 @@ def test_grid_skips_finished_resumes_partial_and_starts_pending(sandbox, monkeyp
             json.dumps(_fake_summary("sac", "Pendulum-v1", seed, -150.0))
         )
         (directory / "config.yaml").write_text("seed: 0\n")
-        return 0
+        return 0, None
 
-    monkeypatch.setattr(learning.subprocess, "call", fake_call)
+    monkeypatch.setattr(learning, "_run_child", fake_call)
     args = learning.argparse.Namespace(
         tier="Q", methods=["sac"], envs=None, seeds=[0, 1, 2], overrides=[]
     )
@@ -171,3 +171,31 @@ def test_mechanism_grid_writes_results_and_resumes(tmp_path: Path) -> None:
     second = json.loads(output.read_text())
     assert second["runs"][: len(first["runs"])] == first["runs"]
     assert len(second["runs"]) == 2 * len(first["runs"])
+
+
+def test_a_stop_request_reaches_the_run_once_and_stops_the_grid(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import threading
+
+    # A stand-in run that, like the example scripts, checkpoints on the first signal.
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        "    open(sys.argv[1], 'a').write(f'checkpoint on {signum}\\n')\n"
+        "    sys.exit(128 + signum)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    marker = tmp_path / "marker.txt"
+    with open(tmp_path / "log.txt", "w") as log:
+        timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        timer.start()
+        code, stopped = learning._run_child([sys.executable, str(script), str(marker)], log)
+    assert stopped == signal.SIGTERM
+    assert code == 128 + signal.SIGTERM
+    assert marker.read_text() == f"checkpoint on {int(signal.SIGTERM)}\n"  # exactly once
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the grid's handler is gone
