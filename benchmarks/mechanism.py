@@ -173,19 +173,22 @@ def langevin_optimum(state: Tensor, beta: float) -> tuple[Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------------ train and evaluate
-def train(loss, policy_params, chain_params, first, second, args, generator) -> float:
-    """Alternating updates (eq. 11): a step on theta with h fixed, then on h with the new theta."""
-    policy_optim = torch.optim.Adam(policy_params, lr=args.lr)
+def train(loss, chain_params, chain_loss, args, generator) -> float:
+    """Alternating updates (eq. 11): a step on theta with h fixed, then on h with the new theta.
+
+    ``loss.actor_loss`` moves the policy; ``chain_loss`` moves ``chain_params`` (none: K = 0).
+    """
+    policy_optim = torch.optim.Adam(loss.policy_parameters(), lr=args.lr)
     chain_optim = torch.optim.Adam(chain_params, lr=args.lr) if chain_params else None
     started = time.perf_counter()
     for _ in range(args.iterations):
         batch = states(args.batch_size, generator)
-        value, _ = first(batch)
+        value, _ = loss.actor_loss(batch)
         policy_optim.zero_grad(set_to_none=True)
         value.backward()
         policy_optim.step()
         if chain_optim is not None:
-            value, _ = second(batch)
+            value, _ = chain_loss(batch)
             chain_optim.zero_grad(set_to_none=True)
             value.backward()
             chain_optim.step()
@@ -254,31 +257,16 @@ def run_one(kind: str, num_steps: int, gated: bool | None, seed: int, args) -> d
     eval_states = states(args.eval_states, torch.Generator().manual_seed(10_000 + seed))
     if kind == "hmc":
         actor, loss = make_hmc(num_steps, bool(gated), args.beta_hmc)
-        loss.refresh_prior()  # the prior is the initial policy, fixed from here on
-        chain = list(loss.hmc_parameters()) if num_steps else []
-        seconds = train(
-            loss,
-            list(loss.policy_parameters()),
-            chain,
-            loss.actor_loss,
-            loss.hmc_loss,
-            args,
-            generator,
-        )
-        result = evaluate_hmc(actor, args.beta_hmc, eval_states, args.eval_samples)
+        chain_params, chain_loss = loss.hmc_parameters, loss.hmc_loss
     else:
         actor, loss = make_langevin(num_steps, args.beta_ld)
-        loss.refresh_prior()
-        chain = list(loss.flow_parameters()) if num_steps else []
-        seconds = train(
-            loss,
-            list(loss.policy_parameters()),
-            chain,
-            loss.actor_loss,
-            loss.flow_loss,
-            args,
-            generator,
-        )
+        chain_params, chain_loss = loss.flow_parameters, loss.flow_loss
+    loss.refresh_prior()  # the prior is the initial policy, fixed from here on
+    chain = list(chain_params()) if num_steps else []
+    seconds = train(loss, chain, chain_loss, args, generator)
+    if kind == "hmc":
+        result = evaluate_hmc(actor, args.beta_hmc, eval_states, args.eval_samples)
+    else:
         result = evaluate_langevin(actor, args.beta_ld, eval_states)
     return {
         "kind": kind,
