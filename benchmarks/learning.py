@@ -60,6 +60,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hmc_sac_fixedbeta": ("hmc_sac", ("pid.enabled=false",)),
     "hmc_sac_joint": ("hmc_sac", ("hmc.update_mode=joint",)),
     "hmc_sac_auxent": ("hmc_sac", ("hmc.target_entropy=auxiliary",)),
+    "hmc_sac_target05": ("hmc_sac", ("pid.target=0.5",)),
 }
 
 
