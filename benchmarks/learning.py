@@ -19,6 +19,7 @@ run in progress, which checkpoints before it exits; the grid stops, and ``run`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -66,37 +67,25 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 #: BENCHMARKS.md §3. Tier Q uses the quick preset's data schedule (the only way 20 runs fit
 #: in about an hour of 2 CPU cores); M and L use the paper-scale defaults.
+_QUICK = Tier(
+    envs=("Pendulum-v1",),
+    frames=15_000,
+    seeds=(0, 1, 2, 3, 4),
+    methods=("sac", "hmc_sac", "td3", "ld_td3"),
+    eval_interval=5_000,
+    overrides=("preset=quick",),
+)
 TIERS = {
-    "Q": Tier(
-        envs=("Pendulum-v1",),
-        frames=15_000,
-        seeds=(0, 1, 2, 3, 4),
-        methods=("sac", "hmc_sac", "td3", "ld_td3"),
-        eval_interval=5_000,
-        overrides=("preset=quick",),
-    ),
+    "Q": _QUICK,
     # BENCHMARKS.md §3 ablations: which part of HMC-SAC earns what. The full method
     # (alternating updates, gates, PID, K=5) and SAC are tier Q's seeds 0-2.
-    "QA": Tier(
-        envs=("Pendulum-v1",),
-        frames=15_000,
-        seeds=(0, 1, 2),
-        methods=("sac", "hmc_sac", *VARIANTS),
-        eval_interval=5_000,
-        overrides=("preset=quick",),
-        reuses="Q",
+    "QA": dataclasses.replace(
+        _QUICK, seeds=(0, 1, 2), methods=("sac", "hmc_sac", *VARIANTS), reuses="Q"
     ),
     # Where a gap exists by design (DESIGN §1.4): tier Q with *linear* policies (critics
     # unchanged), the RL counterpart of the mechanism benchmark. Same networks for method and
     # baseline: SAC gets the same linear policy the HMC chain starts from.
-    "QW": Tier(
-        envs=("Pendulum-v1",),
-        frames=15_000,
-        seeds=(0, 1, 2, 3, 4),
-        methods=("sac", "hmc_sac", "td3", "ld_td3"),
-        eval_interval=5_000,
-        overrides=("preset=quick", "network.policy_hidden=[]"),
-    ),
+    "QW": dataclasses.replace(_QUICK, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
     "M": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4"),
         frames=100_000,

@@ -7,6 +7,7 @@ import torch
 from conftest import (
     assert_term_reaches_exactly,
     loss_term_cases,
+    losses_and_grads,
     make_critic,
     make_policy,
     make_td3_policy,
@@ -610,16 +611,7 @@ def _fast_and_generic(update_mode: str = "alternating", dtype=torch.float64):
 def test_fast_relu_critic_path_equals_the_generic_path(update_mode: str, batch_size: int) -> None:
     fast, generic = _fast_and_generic(update_mode)
     batch = _batch(batch_size).apply(lambda x: x.double() if x.is_floating_point() else x)
-    outputs, grads = [], []
-    for loss in (fast, generic):
-        torch.manual_seed(7)  # the same target-smoothing noise
-        out = loss(batch.clone())
-        total = out["loss_actor"] + out["loss_qvalue"]
-        if "loss_flow" in out:
-            total = total + out["loss_flow"]
-        total.backward()
-        outputs.append(out)
-        grads.append({n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None})
+    outputs, grads = losses_and_grads((fast, generic), batch)  # same target-smoothing noise
     keys = set(outputs[0].keys(True, True))
     assert keys == set(outputs[1].keys(True, True))
     for key in keys:
