@@ -77,20 +77,30 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     assert sac["iqm"] == pytest.approx(-180.0, abs=1e-6)
     low, high = sac["iqm_ci95"]
     assert low <= sac["iqm"] <= high
+    # Area under the curve: the mean of the evaluations (final * (1/3, 2/3, 1) here).
+    assert sac["auc_scores"] == pytest.approx([f * 2 / 3 for f in finals["sac"]])
+    assert sac["auc_iqm"] == pytest.approx(-120.0, abs=1e-6)
     hmc = out["results"]["Pendulum-v1"]["hmc_sac"]
     assert hmc["iqm"] == pytest.approx(-150.0) and hmc["iqm_ci95"] == pytest.approx([-150, -150])
     assert len(out["pending"]) == 10  # td3 and ld_td3 never ran
     assert (learning.RESULTS.parent / "learning_Q_Pendulum-v1.png").stat().st_size > 1000
 
 
-def test_ablation_variants_reuse_tier_q_runs_and_name_their_results(sandbox) -> None:
-    # The full method and SAC are tier Q's runs (same commands): read there, never redone.
-    assert learning.result_path("QA", "hmc_sac", "Pendulum-v1", 0) == learning.result_path(
+def test_screening_reuses_tier_q_runs_and_variants_name_their_results(sandbox) -> None:
+    # SAC and the default method are tier Q's runs (same commands): read there, never redone.
+    assert learning.result_path("QS", "hmc_sac", "Pendulum-v1", 0) == learning.result_path(
         "Q", "hmc_sac", "Pendulum-v1", 0
     )
-    assert learning.run_dir("QA", "sac", "Pendulum-v1", 1) == learning.run_dir(
+    assert learning.run_dir("QS", "sac", "Pendulum-v1", 1) == learning.run_dir(
         "Q", "sac", "Pendulum-v1", 1
     )
+    assert learning.command("QS", "sac", "Pendulum-v1", 0, []) == learning.command(
+        "Q", "sac", "Pendulum-v1", 0, []
+    )
+    # The 5k-spacing ablations keep their own runs: never mixed with tier Q's.
+    assert learning.result_path("QA", "sac", "Pendulum-v1", 0).parts[-4] == "QA"
+    assert "eval.interval_frames=5000" in learning.command("QA", "sac", "Pendulum-v1", 0, [])
+    assert "eval.interval_frames=1000" in learning.command("Q", "sac", "Pendulum-v1", 0, [])
     variant = learning.result_path("QA", "hmc_sac_k0", "Pendulum-v1", 0)
     assert variant.parts[-4:] == ("QA", "hmc_sac_k0", "Pendulum-v1", "seed0.json")
     # A variant runs its script with its overrides and the variant's own method name.
@@ -98,16 +108,13 @@ def test_ablation_variants_reuse_tier_q_runs_and_name_their_results(sandbox) -> 
     assert cmd[1] == "examples/hmc_sac.py"
     assert "pid.enabled=false" in cmd and "method=hmc_sac_fixedbeta" in cmd
     assert "preset=quick" in cmd and "seed=2" in cmd
-    assert learning.command("QA", "sac", "Pendulum-v1", 0, []) == learning.command(
-        "Q", "sac", "Pendulum-v1", 0, []
-    )
     # Aggregation finds reused and own results alike.
-    for method, seed, final in (("hmc_sac", 0, -300.0), ("hmc_sac_k0", 0, -900.0)):
-        path = learning.result_path("QA", method, "Pendulum-v1", seed)
+    for tier, method, final in (("QS", "hmc_sac", -300.0), ("QA", "hmc_sac_k0", -900.0)):
+        path = learning.result_path(tier, method, "Pendulum-v1", 0)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_fake_summary(method, "Pendulum-v1", seed, final)))
-    found = learning.load_results("QA")
-    assert sorted(found) == [("Pendulum-v1", "hmc_sac"), ("Pendulum-v1", "hmc_sac_k0")]
+        path.write_text(json.dumps(_fake_summary(method, "Pendulum-v1", 0, final)))
+    assert learning.load_results("QS").keys() == {("Pendulum-v1", "hmc_sac")}
+    assert learning.load_results("QA").keys() == {("Pendulum-v1", "hmc_sac_k0")}
     assert learning.load_results("Q").keys() == {("Pendulum-v1", "hmc_sac")}
 
 
