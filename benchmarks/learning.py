@@ -62,6 +62,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hmc_sac_joint": ("hmc_sac", ("hmc.update_mode=joint",)),
     "hmc_sac_auxent": ("hmc_sac", ("hmc.target_entropy=auxiliary",)),
     "hmc_sac_target05": ("hmc_sac", ("pid.target=0.5",)),
+    # The paper's configuration (objective 17, previous policy as prior, PID on beta,
+    # alternating updates, the chain for the TD target's action).
+    "hmc_sac_paper": ("hmc_sac", ()),
 }
 
 
@@ -90,7 +93,7 @@ TIERS = {
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
     # Issue screening (tier Q's protocol): the method's variants against SAC and the
     # best-of-N control; SAC and the default method are tier Q's own runs.
-    "QS": dataclasses.replace(_QUICK, methods=("sac", "hmc_sac"), reuses="Q"),
+    "QS": dataclasses.replace(_QUICK, methods=("sac", "hmc_sac", "hmc_sac_paper"), reuses="Q"),
     "M": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4"),
         frames=100_000,
@@ -140,7 +143,7 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
         "python",
         f"examples/{script}.py",
         *tier.overrides,
-        *((*variant, f"method={method}") if variant else ()),
+        *((*variant, f"method={method}") if method in VARIANTS else ()),
         f"env={env}",
         f"seed={seed}",
         f"collector.total_frames={tier.frames}",
