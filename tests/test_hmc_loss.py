@@ -138,7 +138,7 @@ def test_auxiliary_target_entropy_changes_the_target() -> None:
     values = {}
     for mode in ("none", "auxiliary"):
         torch.manual_seed(0)
-        loss = _loss(target_entropy=mode)
+        loss = _loss(value_entropy=mode)
         torch.manual_seed(1)
         values[mode] = loss._next_state_value(batch)
     assert not torch.allclose(values["none"], values["auxiliary"])
@@ -180,7 +180,7 @@ def test_set_keys_renames_work_end_to_end() -> None:
     ("kwargs", "match"),
     [
         ({"update_mode": "sequential"}, "update_mode='sequential'"),
-        ({"target_entropy": "sac"}, "target_entropy='sac'"),
+        ({"value_entropy": "sac"}, "value_entropy='sac'"),
         ({"num_qvalue_nets": 0}, "num_qvalue_nets"),
         ({"loss_function": "huber"}, "huber"),
     ],

@@ -3,6 +3,7 @@
 from torchrl_mcmc.mcmc.gaussian import (
     normal_log_prob,
     squash,
+    squash_log_det,
     standard_normal_log_prob,
     unsquash,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "potential_grad",
     "smoothed_norm",
     "squash",
+    "squash_log_det",
     "standard_normal_log_prob",
     "unsquash",
 ]

@@ -2,7 +2,9 @@
 
 The chains run in the unsquashed space ``u`` and only the end point is squashed into the action
 box. KL divergence is invariant under a bijection, so an ELBO written with Gaussians in ``u``
-equals the ELBO in action space: no tanh log-determinant appears anywhere (DESIGN §1.1).
+equals the ELBO in action space: with a Gaussian prior no tanh log-determinant appears. A
+prior that is uniform over the action box (SAC's maximum-entropy objective) is, in ``u``, the
+squash's log-determinant (:func:`squash_log_det`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["normal_log_prob", "squash", "standard_normal_log_prob", "unsquash"]
+__all__ = ["normal_log_prob", "squash", "squash_log_det", "standard_normal_log_prob", "unsquash"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
 
 
 def normal_log_prob(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
@@ -41,6 +44,23 @@ def squash(value: Tensor, low: Tensor, high: Tensor) -> Tensor:
         tensor([0., 2.])
     """
     return low + (high - low) * (torch.tanh(value) + 1.0) * 0.5
+
+
+def squash_log_det(value: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``log |det d squash(u) / du|``, summed over the last dimension.
+
+    ``sum_i log((high_i - low_i) / 2 * (1 - tanh(u_i)^2))``, with ``log(1 - tanh(u)^2)`` written
+    as ``2 (log 2 - u - softplus(-2u))`` so that it stays finite where ``tanh(u)`` rounds to 1.
+    Its gradient is ``-2 tanh(u)``.
+
+    Examples:
+        >>> squash_log_det(torch.zeros(2), torch.tensor(-1.0), torch.tensor(1.0))
+        tensor(0.)
+        >>> bool(squash_log_det(torch.tensor([30.0]), torch.tensor(-1.0), torch.tensor(1.0)) > -60)
+        True
+    """
+    log_one_minus_tanh2 = 2.0 * (_LOG_2 - value - torch.nn.functional.softplus(-2.0 * value))
+    return (torch.log(0.5 * (high - low)) + log_one_minus_tanh2).sum(-1)
 
 
 def unsquash(action: Tensor, low: Tensor, high: Tensor, eps: float = 1e-6) -> Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from tensordict import TensorDictBase
@@ -25,7 +25,7 @@ from torch import distributions as D
 from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
-from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash
+from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, squash_log_det
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
 from torchrl_mcmc.modules._common import MCMCActorBase, _unique
 from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
@@ -33,6 +33,9 @@ from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
 __all__ = ["HMCActor", "HMCSample"]
 
 _GAUSSIAN_CLASSES = (TanhNormal, IndependentNormal, D.Normal)
+
+Prior = Literal["policy", "uniform"]
+PotentialCritic = Literal["min", "first"]
 
 
 class HMCSample(NamedTuple):
@@ -50,8 +53,8 @@ class HMCSample(NamedTuple):
         log_prob: ``log pi_theta(u0 | s)``.
         loc: ``pi_theta``'s mean in the unsquashed space.
         scale: ``pi_theta``'s standard deviation in the unsquashed space.
-        prior_loc: the frozen prior ``pi_theta_t``'s mean.
-        prior_scale: the frozen prior's standard deviation.
+        prior_loc: the frozen prior ``pi_theta_t``'s mean (``None`` with the uniform prior).
+        prior_scale: the frozen prior's standard deviation (``None`` with the uniform prior).
         divergent: ``True`` where the chain produced a non-finite value and fell back to ``u0``.
     """
 
@@ -63,9 +66,13 @@ class HMCSample(NamedTuple):
     log_prob: Tensor
     loc: Tensor
     scale: Tensor
-    prior_loc: Tensor
-    prior_scale: Tensor
+    prior_loc: Tensor | None
+    prior_scale: Tensor | None
     divergent: Tensor
+
+    def select(self, mask: Tensor) -> HMCSample:
+        """The samples where ``mask`` is ``True``."""
+        return HMCSample(*(None if t is None else t[mask] for t in self))
 
 
 def _gaussian_params(dist: D.Distribution) -> tuple[Tensor, Tensor]:
@@ -131,7 +138,16 @@ class HMCActor(MCMCActorBase):
         gate_state_key: key of a flat state feature the gates read (``None``: gates ignore the
             state, the paper's default). Requires ``gate_state_dim``.
         gate_state_dim: width of ``gate_state_key``'s last dimension.
-        beta: initial KL multiplier ``beta > 0`` (a buffer that a PID controller overwrites).
+        beta: initial multiplier ``beta > 0`` of the prior term (a buffer that a PID controller,
+            or the entropy tuning of :class:`~torchrl_mcmc.HMCLoss`, overwrites).
+        prior: the chain's prior. ``"policy"`` (the paper's): the frozen previous policy
+            ``pi_theta_t``, ``U(u) = -(Q / beta + log pi_theta_t(u|s))``. ``"uniform"``: uniform
+            over the action box, i.e. SAC's maximum-entropy target ``exp(Q / alpha)`` with
+            ``beta`` as the temperature ``alpha``: in ``u`` it is the squash's log-determinant,
+            ``U(u) = -(Q / beta + log|det da/du|(u))``.
+        potential_critic: which critics ``Q`` in the potential reads. ``"min"``: the minimum
+            over the bound critics (as SAC's policy objective). ``"first"``: the first critic
+            alone, one critic evaluation per step instead of one per critic.
         action_key: where the action is written; defaults to the policy's sample key.
         hmc_key: prefix of the chain's outputs (``(hmc_key, "u0")`` ...).
         flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``
@@ -176,11 +192,20 @@ class HMCActor(MCMCActorBase):
         gate_state_key: NestedKey | None = None,
         gate_state_dim: int | None = None,
         beta: float = 1.0,
+        prior: Prior = "policy",
+        potential_critic: PotentialCritic = "min",
         action_key: NestedKey | None = None,
         hmc_key: NestedKey = "hmc",
         flow: HamiltonianFlow | None = None,
     ) -> None:
         super().__init__()
+        if prior not in ("policy", "uniform"):
+            raise ValueError(f"prior must be 'policy' or 'uniform', got prior={prior!r}.")
+        if potential_critic not in ("min", "first"):
+            raise ValueError(
+                "potential_critic must be 'min' or 'first', got "
+                f"potential_critic={potential_critic!r}."
+            )
         if not isinstance(policy, ProbabilisticTensorDictSequential):
             raise TypeError(
                 "policy must be a tensordict ProbabilisticTensorDictSequential (e.g. torchrl's "
@@ -219,6 +244,8 @@ class HMCActor(MCMCActorBase):
         self.policy = policy
         self._set_critic(critic, action_key)
         self.flow = flow
+        self.prior_kind = prior
+        self.potential_critic = potential_critic
         # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
         self.prior = copy.deepcopy(policy).requires_grad_(False)
         self.register_module("critic_params", None)
@@ -250,32 +277,53 @@ class HMCActor(MCMCActorBase):
         return MCMCActorBase._check_box(action_spec, "or give the policy a spec.", "HMC")
 
     # ------------------------------------------------------------------ the chain
+    def log_prior(self, u: Tensor, prior_loc: Tensor | None, prior_scale: Tensor | None) -> Tensor:
+        """The chain's log-prior at ``u`` (up to a constant), shape ``[*batch]``.
+
+        ``log pi_theta_t(u|s)`` for the ``"policy"`` prior; for the ``"uniform"`` prior (uniform
+        over the action box) the squash's ``log|det da/du|(u)``, the density of a uniform
+        action pulled back to ``u`` up to the box's log-volume.
+        """
+        if self.prior_kind == "uniform":
+            return squash_log_det(u, self.action_low.to(u.dtype), self.action_high.to(u.dtype))
+        return normal_log_prob(u, prior_loc, prior_scale)
+
     def potential_fn(
         self,
         tensordict: TensorDictBase,
-        prior_loc: Tensor,
-        prior_scale: Tensor,
+        prior_loc: Tensor | None,
+        prior_scale: Tensor | None,
         critic_params: TensorDictBase | None = None,
     ) -> Callable[[Tensor], Tensor]:
-        """The potential ``U(u) = -(Q(s, squash(u)) / beta + log pi_theta_t(u|s))``.
+        """The potential ``U(u) = -(Q(s, squash(u)) / beta + log_prior(u))``.
 
-        ``pi_theta_t``'s parameters depend on the state only, so they are computed once per chain
-        (``prior_loc``, ``prior_scale``) rather than at every leapfrog step.
+        ``log_prior`` is :meth:`log_prior`: ``log pi_theta_t(u|s)`` (the ``"policy"`` prior), whose
+        parameters depend on the state only and so are computed once per chain (``prior_loc``,
+        ``prior_scale``), or ``log|det da/du|(u)`` (the ``"uniform"`` prior; ``prior_loc`` and
+        ``prior_scale`` unused). ``Q`` reads the critics :attr:`potential_critic` names.
         """
         beta = self.beta
+        critic_params = self._potential_params(critic_params)
 
         def potential(u: Tensor) -> Tensor:
             action = squash(u, self.action_low.to(u.dtype), self.action_high.to(u.dtype))
             q = self.critic_value(tensordict, action, critic_params)
-            return -(q / beta + normal_log_prob(u, prior_loc, prior_scale))
+            return -(q / beta + self.log_prior(u, prior_loc, prior_scale))
 
         return potential
+
+    def _potential_params(self, critic_params: TensorDictBase | None) -> TensorDictBase | None:
+        """The critics the potential reads: all of them, or the first (``potential_critic``)."""
+        params = self.critic_params if critic_params is None else critic_params
+        if self.potential_critic == "first" and params is not None and params.ndim == 1:
+            return params[:1]
+        return params
 
     def potential_grad_fn(
         self,
         tensordict: TensorDictBase,
-        prior_loc: Tensor,
-        prior_scale: Tensor,
+        prior_loc: Tensor | None,
+        prior_scale: Tensor | None,
         critic_params: TensorDictBase | None = None,
         *,
         create_graph: bool = False,
@@ -287,7 +335,8 @@ class HMCActor(MCMCActorBase):
         .. code-block:: text
 
             grad_u U = -(high - low) / 2 * (1 - tanh(u)^2) * grad_a Q(s, a) / beta
-                       + (u - prior_loc) / prior_scale^2
+                       + (u - prior_loc) / prior_scale^2        # "policy" prior
+                       + 2 tanh(u)                              # "uniform" prior instead
 
         The squash and prior terms are written out and the critic's state inputs are read once
         per chain; only ``grad_a Q`` is left to compute (:meth:`_critic_action_grad`: in closed
@@ -339,13 +388,23 @@ class HMCActor(MCMCActorBase):
             Tanh False
         """
         inv_beta = 1.0 / self.beta  # per-chain constants
-        prior_precision = prior_scale.pow(-2)
+        critic_params = self._potential_params(critic_params)
+        if self.prior_kind == "uniform":
 
-        def terms(u: Tensor, action: Tensor, squash_grad: Tensor, grad_q: Tensor) -> Tensor:
-            return (u - prior_loc) * prior_precision - squash_grad * grad_q * inv_beta
+            def terms(u: Tensor, action: Tensor, squash_grad: Tensor, grad_q: Tensor) -> Tensor:
+                # -grad_u log|det da/du| = 2 tanh(u); squash_grad = half_range * (1 - tanh^2).
+                return 2.0 * torch.tanh(u) - squash_grad * grad_q * inv_beta
 
+            dtype = self.action_low.dtype
+        else:
+            prior_precision = prior_scale.pow(-2)
+
+            def terms(u: Tensor, action: Tensor, squash_grad: Tensor, grad_q: Tensor) -> Tensor:
+                return (u - prior_loc) * prior_precision - squash_grad * grad_q * inv_beta
+
+            dtype = prior_loc.dtype
         return self._squashed_potential_grad(
-            tensordict, critic_params, terms, dtype=prior_loc.dtype, create_graph=create_graph
+            tensordict, critic_params, terms, dtype=dtype, create_graph=create_graph
         )
 
     def sample(
@@ -370,7 +429,9 @@ class HMCActor(MCMCActorBase):
         """
         plain = self._plain_policy
         loc, scale = _gaussian_params(_policy_dist(self.policy, tensordict, plain))
-        prior_loc, prior_scale = _gaussian_params(_policy_dist(self.prior, tensordict, plain))
+        prior_loc = prior_scale = None
+        if self.prior_kind == "policy":
+            prior_loc, prior_scale = _gaussian_params(_policy_dist(self.prior, tensordict, plain))
         if explore:
             u0 = loc + scale * torch.randn_like(loc)
             rho0 = torch.randn_like(loc)
@@ -404,6 +465,28 @@ class HMCActor(MCMCActorBase):
             prior_scale=prior_scale,
             divergent=out.divergent,
         )
+
+    def base_sample(self, tensordict: TensorDictBase) -> HMCSample:
+        """The base policy's sample without the chain (``K = 0``: ``uK = u0``, ``rhoK = rho0``),
+        e.g. for a TD target that skips the chain. Same fields as :meth:`sample`; no graph."""
+        with torch.no_grad():
+            loc, scale = _gaussian_params(_policy_dist(self.policy, tensordict, self._plain_policy))
+            u0 = loc + scale * torch.randn_like(loc)
+            rho0 = torch.randn_like(loc)
+            action = squash(u0, self.action_low.to(loc.dtype), self.action_high.to(loc.dtype))
+            return HMCSample(
+                action=action,
+                u0=u0,
+                rho0=rho0,
+                uK=u0,
+                rhoK=rho0,
+                log_prob=normal_log_prob(u0, loc, scale),
+                loc=loc,
+                scale=scale,
+                prior_loc=None,
+                prior_scale=None,
+                divergent=torch.zeros(loc.shape[:-1], dtype=torch.bool, device=loc.device),
+            )
 
     @property
     def default_interaction_type(self) -> InteractionType:

@@ -6,6 +6,7 @@ Paper eqs. 11, 15–17 and §4.1; DESIGN §1.1, §1.3, §1.4.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -13,7 +14,11 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 
-from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, standard_normal_log_prob
+from torchrl_mcmc.mcmc.gaussian import (
+    squash,
+    squash_log_det,
+    standard_normal_log_prob,
+)
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
 from torchrl_mcmc.objectives._common import MCMCPolicyLoss
 
@@ -22,7 +27,8 @@ __all__ = ["HMCLoss"]
 logger = logging.getLogger(__name__)
 
 UpdateMode = Literal["alternating", "joint"]
-TargetEntropy = Literal["none", "auxiliary"]
+ValueEntropy = Literal["none", "auxiliary"]
+NextAction = Literal["chain", "base"]
 
 
 class HMCLoss(MCMCPolicyLoss):
@@ -61,6 +67,16 @@ class HMCLoss(MCMCPolicyLoss):
     writes it in place, so the next action the actor takes and the next loss both use it, and
     ``state_dict`` carries it (under ``actor.beta``).
 
+    **The entropy prior.** With an actor built with ``prior="uniform"`` the same chain serves
+    SAC's maximum-entropy objective: ``J = Q(s, aK) - alpha * log q(aK)``, where
+    ``log q(aK) = log pi(u0|s) + log N(rho0) - log N(rhoK) - log|det da/du|(uK)`` is the
+    auxiliary-variable estimate of the refined action's log-density (exact up to the reverse
+    kernel ``N(rhoK)``); ``J`` above is this, up to terms constant in the parameters. The
+    temperature ``alpha`` (the actor's ``beta``) is tuned to ``target_entropy`` as
+    :class:`~torchrl.objectives.SACLoss` tunes it (``loss_alpha``, parameters
+    :meth:`alpha_parameters`) and written into the actor at every call, and the critic target
+    carries the same entropy term. With ``K = 0`` this is SAC.
+
     Args:
         actor: the :class:`~torchrl_mcmc.HMCActor` to train. Its critic's parameters are
             converted (``convert_to_functional``, ``num_qvalue_nets`` copies, target copies for
@@ -72,10 +88,18 @@ class HMCLoss(MCMCPolicyLoss):
         loss_function: critic regression loss (``"l2"``, ``"smooth_l1"``, ``"l1"``).
         update_mode: ``"alternating"`` (eq. 11, the paper's) or ``"joint"`` (one chain, one
             loss for ``theta`` and ``h``: half the double-backward work).
-        target_entropy: the critic target's entropy-like term. ``"none"``: ``V(s') = Q'(s',
+        value_entropy: the critic target's entropy-like term. ``"none"``: ``V(s') = Q'(s',
             aK')`` (MPO-style: the KL to the prior already regularises). ``"auxiliary"``:
-            ``V(s') = Q'(s', aK') - beta [log pi(u0') + log N(rho0') - log N(rhoK')]``, the
-            auxiliary-variable estimate of ``beta * log q_K(aK')`` (DESIGN §1.1).
+            ``V(s') = Q'(s', aK') - beta * log q(aK')`` with the auxiliary-variable estimate
+            ``log q = log pi(u0') + log N(rho0') - log N(rhoK')`` (in ``u``; in action space,
+            ``- log|det da/du|(uK')`` too, with the uniform prior). Default: ``"none"`` with the
+            ``"policy"`` prior, ``"auxiliary"`` (SAC's soft target) with the ``"uniform"`` one.
+        next_action: the TD target's next action. ``"chain"``: the chain's on ``s'`` (the
+            paper's). ``"base"``: the base policy's sample ``squash(u0')``, one chain fewer per
+            update (with the uniform prior, the target is then SAC's).
+        target_entropy: the entropy ``alpha`` is tuned to (uniform prior only): a float, or
+            ``"auto"`` for ``-action_dim`` (SAC's default).
+        alpha_init: initial temperature (uniform prior only; SAC's default ``1.0``).
 
     Examples:
         >>> import torch
@@ -121,22 +145,47 @@ class HMCLoss(MCMCPolicyLoss):
         num_qvalue_nets: int = 2,
         loss_function: str = "l2",
         update_mode: UpdateMode = "alternating",
-        target_entropy: TargetEntropy = "none",
+        value_entropy: ValueEntropy | None = None,
+        next_action: NextAction = "chain",
+        target_entropy: float | Literal["auto"] = "auto",
+        alpha_init: float = 1.0,
     ) -> None:
         if not isinstance(actor, HMCActor):
             raise TypeError(f"actor must be an HMCActor, got {type(actor).__name__}.")
-        if target_entropy not in ("none", "auxiliary"):
+        uniform = actor.prior_kind == "uniform"
+        if value_entropy is None:
+            value_entropy = "auxiliary" if uniform else "none"
+        if value_entropy not in ("none", "auxiliary"):
             raise ValueError(
-                "target_entropy must be 'none' or 'auxiliary', got "
-                f"target_entropy={target_entropy!r}."
+                f"value_entropy must be 'none' or 'auxiliary', got value_entropy={value_entropy!r}."
             )
+        if next_action not in ("chain", "base"):
+            raise ValueError(
+                f"next_action must be 'chain' or 'base', got next_action={next_action!r}."
+            )
+        if target_entropy == "auto":
+            target_entropy = -float(actor.action_low.numel())
+        if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)):
+            raise ValueError(f"target_entropy must be a number or 'auto', got {target_entropy!r}.")
+        if not (
+            isinstance(alpha_init, (int, float)) and math.isfinite(alpha_init) and alpha_init > 0
+        ):
+            raise ValueError(f"alpha_init must be finite and > 0, got alpha_init={alpha_init!r}.")
         super().__init__(
             actor,
             num_qvalue_nets=num_qvalue_nets,
             loss_function=loss_function,
             update_mode=update_mode,
         )
-        self.target_entropy = target_entropy
+        self.value_entropy = value_entropy
+        self.next_action = next_action
+        self.target_entropy = float(target_entropy)
+        if uniform:
+            # SAC's temperature, trained on log alpha; the actor's beta follows it.
+            self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init)))
+            self._sync_alpha()
+        else:
+            self.log_alpha = None
         # theta: the policy's own Parameter objects (no copy), so the actor trains with them.
         self.convert_to_functional(actor.policy, "actor_network", create_target_params=False)
         self._convert_critics(num_qvalue_nets, create_target_params=True)
@@ -146,6 +195,21 @@ class HMCLoss(MCMCPolicyLoss):
         """``h``: the chain's step sizes and gate nets."""
         return self.actor.flow.parameters()
 
+    def alpha_parameters(self) -> Iterator[nn.Parameter]:
+        """``log alpha`` (uniform prior; empty otherwise)."""
+        return iter([] if self.log_alpha is None else [self.log_alpha])
+
+    @property
+    def tunes_alpha(self) -> bool:
+        """Whether ``beta`` is SAC's tuned temperature (uniform prior) rather than set from
+        outside (e.g. by a PID controller)."""
+        return self.log_alpha is not None
+
+    @torch.no_grad()
+    def _sync_alpha(self) -> None:
+        if self.log_alpha is not None:
+            self.actor.beta.copy_(self.log_alpha.detach().exp())
+
     _H_LOSS_KEY = "loss_hmc"
     _DIAGNOSTICS = (
         "beta",
@@ -154,9 +218,31 @@ class HMCLoss(MCMCPolicyLoss):
         "critic_gain",
         "num_divergent",
         "base_entropy",
+        "entropy",
         "step_size",
         "td_error",
     )
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = super().out_keys
+        if self.tunes_alpha:
+            keys.insert(keys.index("loss_qvalue") + 1, "loss_alpha")
+        return keys
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """All losses at the current parameters (``loss_alpha`` too with the uniform prior),
+        and the detached diagnostics."""
+        self._sync_alpha()
+        out = super().forward(tensordict)
+        if self.tunes_alpha:
+            out["loss_alpha"] = self.alpha_loss(out["entropy"])
+        return out
+
+    def alpha_loss(self, entropy: Tensor) -> Tensor:
+        """SAC's temperature loss, ``-log alpha * (target_entropy - entropy)``, given the
+        (detached) entropy estimate of the refined actions, ``-E[log q(aK)]``."""
+        return -self.log_alpha * (self.target_entropy - entropy.detach())
 
     # ------------------------------------------------------------------ objective (17)
     def _chain(
@@ -167,12 +253,16 @@ class HMCLoss(MCMCPolicyLoss):
         Returns the sample, the states it belongs to and the number of divergent chains.
         """
         critic = self.qvalue_network_params.detach()
+        # preserve_module_state=False swaps the detached tensors in as they are; the default
+        # re-wraps them as fresh Parameters that require grad, and the backward would compute
+        # (then discard) a gradient for every frozen leaf.
         if freeze == "h":
             frozen = TensorDict.from_module(self.actor.flow).detach()
-            with frozen.to_module(self.actor.flow):
+            with frozen.to_module(self.actor.flow, preserve_module_state=False):
                 return self._guarded_sample(tensordict, critic)
         if freeze == "theta":
-            with self.actor_network_params.detach().to_module(self.actor_network):
+            frozen = self.actor_network_params.detach()
+            with frozen.to_module(self.actor_network, preserve_module_state=False):
                 return self._guarded_sample(tensordict, critic)
         return self._guarded_sample(tensordict, critic)
 
@@ -192,7 +282,7 @@ class HMCLoss(MCMCPolicyLoss):
             num_divergent = num_divergent + out.divergent.sum()
             if out.divergent.any():
                 tensordict = tensordict[~out.divergent]
-                out = HMCSample(*(t[~out.divergent] for t in out))
+                out = out.select(~out.divergent)
         return out, tensordict, num_divergent
 
     def _objective(
@@ -204,7 +294,7 @@ class HMCLoss(MCMCPolicyLoss):
         """
         if q is None:
             q = self._min_q_end(tensordict, out)
-        kl = out.log_prob - normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
+        kl = out.log_prob - self.actor.log_prior(out.uK, out.prior_loc, out.prior_scale)
         return q - self.beta * kl - 0.5 * self.beta * out.rhoK.pow(2).sum(-1)
 
     def _min_q_end(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
@@ -214,6 +304,7 @@ class HMCLoss(MCMCPolicyLoss):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
+        self._sync_alpha()
         freeze = "h" if self.update_mode == "alternating" else None
         out, states, num_divergent = self._chain(tensordict, freeze)
         # One critic evaluation at aK serves the objective and, detached, the diagnostics.
@@ -224,6 +315,7 @@ class HMCLoss(MCMCPolicyLoss):
 
     def hmc_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and gate nets."""
+        self._sync_alpha()
         out, states, _ = self._chain(tensordict, "theta")
         return -self._objective(states, out).mean(), {}
 
@@ -236,8 +328,8 @@ class HMCLoss(MCMCPolicyLoss):
     ) -> dict[str, Tensor]:
         """Detached diagnostics of a chain; ``q_end``: ``min_i Q_i(s, aK)`` if already known."""
         beta = self.beta
-        log_prior_u0 = normal_log_prob(out.u0, out.prior_loc, out.prior_scale)
-        log_prior_uK = normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
+        log_prior_u0 = self.actor.log_prior(out.u0, out.prior_loc, out.prior_scale)
+        log_prior_uK = self.actor.log_prior(out.uK, out.prior_loc, out.prior_scale)
         log_rho0 = standard_normal_log_prob(out.rho0)
         log_rhoK = standard_normal_log_prob(out.rhoK)
         params = self.qvalue_network_params
@@ -251,6 +343,8 @@ class HMCLoss(MCMCPolicyLoss):
         entropy = (0.5 * (1.0 + torch.log(2 * torch.pi * out.scale.pow(2)))).sum(-1)
         return {
             "policy_distance": (out.log_prob + log_rho0 - log_prior_uK - log_rhoK).mean(),
+            # -E[log q(aK)] in action space (auxiliary-variable estimate): what alpha tracks.
+            "entropy": -self._log_q_action(out).mean(),
             "elbo_gap": (elbo_end - elbo_start).mean(),
             "critic_gain": (q_end - q_start).mean(),
             "base_entropy": entropy.mean(),
@@ -258,21 +352,41 @@ class HMCLoss(MCMCPolicyLoss):
         }
 
     # ------------------------------------------------------------------ critic loss
+    def _log_q_action(self, out: HMCSample) -> Tensor:
+        """``log q(aK)`` in action space: ``log pi(u0) + log N(rho0) - log N(rhoK)
+        - log|det da/du|(uK)`` (the auxiliary-variable estimate; with ``K = 0``, exactly the
+        ``TanhNormal`` log-density of the action)."""
+        low, high = self.actor.action_low, self.actor.action_high
+        return (
+            out.log_prob
+            + standard_normal_log_prob(out.rho0)
+            - standard_normal_log_prob(out.rhoK)
+            - squash_log_det(out.uK, low.to(out.uK.dtype), high.to(out.uK.dtype))
+        )
+
     @torch.no_grad()
     def _next_state_value(self, tensordict: TensorDictBase) -> Tensor:
-        """``V(s')`` from the chain on the next states and the target critics."""
+        """``V(s')`` from the next action (the chain's, or the base policy's sample) and the
+        target critics."""
         next_td = tensordict.get("next")
-        out = self.actor.sample(next_td, explore=True, critic_params=self.qvalue_network_params)
+        if self.next_action == "chain":
+            out = self.actor.sample(next_td, explore=True, critic_params=self.qvalue_network_params)
+        else:
+            out = self.actor.base_sample(next_td)
         value = self._qvalues(next_td, out.action, self.target_qvalue_network_params).min(0).values
-        if self.target_entropy == "auxiliary":
-            log_q = (
-                out.log_prob
-                + standard_normal_log_prob(out.rho0)
-                - standard_normal_log_prob(out.rhoK)
-            )
+        if self.value_entropy == "auxiliary":
+            if self.actor.prior_kind == "uniform":
+                log_q = self._log_q_action(out)
+            else:
+                log_q = (
+                    out.log_prob
+                    + standard_normal_log_prob(out.rho0)
+                    - standard_normal_log_prob(out.rhoK)
+                )
             value = value - self.beta * log_q
         return value
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Twin-critic TD loss; the target action is the chain's on ``s'``."""
+        """Twin-critic TD loss; the target action is the chain's on ``s'`` (``next_action``)."""
+        self._sync_alpha()
         return self._critic_td_loss(tensordict, self._next_state_value(tensordict))
