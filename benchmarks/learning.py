@@ -60,7 +60,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hmc_sac_nogate": ("hmc_sac", ("hmc.gated=false",)),
     "hmc_sac_fixedbeta": ("hmc_sac", ("pid.enabled=false",)),
     "hmc_sac_joint": ("hmc_sac", ("hmc.update_mode=joint",)),
-    "hmc_sac_auxent": ("hmc_sac", ("hmc.target_entropy=auxiliary",)),
+    "hmc_sac_auxent": ("hmc_sac", ("hmc.value_entropy=auxiliary",)),
     "hmc_sac_target05": ("hmc_sac", ("pid.target=0.5",)),
     # The paper's configuration (objective 17, previous policy as prior, PID on beta,
     # alternating updates, the chain for the TD target's action).

@@ -26,7 +26,8 @@ from torchrl_mcmc import HMCActor, HMCLoss
 
 
 class HMCSAC(LossMethod):
-    """HMCActor + HMCLoss + PID-controlled beta, one update per call."""
+    """HMCActor + HMCLoss, one update per call; beta PID-controlled (the paper's prior) or
+    SAC's tuned temperature (``hmc.prior=uniform``)."""
 
     pid_controlled = True
 
@@ -42,29 +43,44 @@ class HMCSAC(LossMethod):
             gate_state_key="observation" if cfg.hmc.gate_state else None,
             gate_state_dim=env.observation_spec["observation"].shape[-1],
             beta=cfg.pid.beta_init,
+            prior=cfg.hmc.prior,
+            potential_critic=cfg.hmc.potential_critic,
         ).to(device)
         loss = HMCLoss(
             self.actor,
             loss_function=cfg.optim.loss_function,
             update_mode=cfg.hmc.update_mode,
+            value_entropy=cfg.hmc.value_entropy,
+            next_action=cfg.hmc.next_action,
             target_entropy=cfg.hmc.target_entropy,
+            alpha_init=cfg.hmc.alpha_init,
         ).to(device)
         optimizers = {
             "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),
             "hmc": torch.optim.Adam(loss.hmc_parameters(), lr=cfg.hmc.lr),
             "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
         }
+        if loss.tunes_alpha:
+            optimizers["alpha"] = torch.optim.Adam(loss.alpha_parameters(), lr=cfg.optim.lr)
         super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
+        if loss.tunes_alpha:
+            self.pid = None  # SAC's temperature tuning drives beta, not the controller
+        self.h_update_interval: int = cfg.hmc.h_update_interval
+        self.updates = 0
 
     def begin_iteration(self) -> None:
         # theta_t <- theta once per policy iteration (DESIGN §1.1), never per SGD step.
         self.loss.refresh_prior()
 
     def update(self, batch) -> dict[str, float]:
+        # Alternating mode with h_update_interval = n: the h chain runs every n-th update only.
+        self.loss.compute_h_loss = self.updates % self.h_update_interval == 0
+        self.updates += 1
         out = self.loss(batch)
         total = out["loss_actor"] + out["loss_qvalue"]
-        if "loss_hmc" in out:
-            total = total + out["loss_hmc"]
+        for extra in ("loss_hmc", "loss_alpha"):
+            if extra in out:
+                total = total + out[extra]
         self._step(total)
         self.target_updater.step()
         return {k: v.item() for k, v in out.items()}

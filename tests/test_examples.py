@@ -254,3 +254,25 @@ def test_linear_policy_option_keeps_the_critic_and_resumes_configs_saved_without
     _run("sac.py", *SMOKE, "env=Pendulum-v1", f"resume={run_dir}", run_root=tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] == 400
+
+
+def test_entropy_prior_and_cheap_options_train_and_log_alpha(tmp_path: Path) -> None:
+    # The screening variants: SAC's entropy objective through the chain (alpha tuned, no PID),
+    # one critic in the potential, the base policy's next action, h every second update.
+    _run(
+        "hmc_sac.py",
+        *SMOKE,
+        "env=Pendulum-v1",
+        "hmc.prior=uniform",
+        "hmc.potential_critic=first",
+        "hmc.next_action=base",
+        "hmc.h_update_interval=2",
+        run_root=tmp_path,
+    )
+    (run_dir,) = _run_dirs(tmp_path)
+    alphas = [v for _, v in _scalar_log(run_dir, "train/beta")]
+    assert alphas and alphas[0] != alphas[-1]  # the temperature is trained, not fixed
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in _scalar_log(run_dir, "train/entropy"))
+    checkpoint = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
+    assert set(checkpoint["method"]["optimizers"]) == {"policy", "hmc", "critic", "alpha"}
+    assert checkpoint["method"]["pid"] is None

@@ -82,6 +82,9 @@ class MCMCPolicyLoss(LossModule):
         self._in_keys = None
         super().__init__()
         self.actor = actor
+        #: ``"alternating"`` mode: whether :meth:`forward` computes the loss of ``h`` (a loop
+        #: that updates ``h`` every n-th step only switches it off in between).
+        self.compute_h_loss = True
         self.num_qvalue_nets = num_qvalue_nets
         self.loss_function = loss_function
         self.update_mode = update_mode
@@ -189,7 +192,7 @@ class MCMCPolicyLoss(LossModule):
         loss_qvalue, q_meta = self.qvalue_loss(tensordict)
         loss_actor, metadata = self.actor_loss(tensordict)
         out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
-        if self.update_mode == "alternating":
+        if self.update_mode == "alternating" and self.compute_h_loss:
             out[self._H_LOSS_KEY], _ = self._h_loss(tensordict)
         out.update(metadata)
         out["td_error"] = q_meta["td_error"].mean()

@@ -207,8 +207,12 @@ class HMCLoss(MCMCPolicyLoss):
 
     @torch.no_grad()
     def _sync_alpha(self) -> None:
+        """Writes ``alpha`` into the actor's ``beta``, only when it changed: an in-place write
+        would invalidate the graphs that already read ``beta`` in this update."""
         if self.log_alpha is not None:
-            self.actor.beta.copy_(self.log_alpha.detach().exp())
+            alpha = self.log_alpha.detach().exp().to(self.actor.beta.dtype)
+            if not torch.equal(alpha, self.actor.beta):
+                self.actor.beta.copy_(alpha)
 
     _H_LOSS_KEY = "loss_hmc"
     _DIAGNOSTICS = (
