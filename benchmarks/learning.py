@@ -48,9 +48,6 @@ class Tier:
     eval_interval: int
     #: Hydra overrides every run of the tier shares (same for method and baseline).
     overrides: tuple[str, ...] = ()
-    #: A tier whose runs of the same method, env and seed are this tier's too (identical
-    #: commands): they are read from, and run into, that tier's directories, never twice.
-    reuses: str | None = None
 
 
 #: Variants: a method name that is an example script run with extra Hydra overrides. The
@@ -62,9 +59,38 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hmc_sac_joint": ("hmc_sac", ("hmc.update_mode=joint",)),
     "hmc_sac_auxent": ("hmc_sac", ("hmc.value_entropy=auxiliary",)),
     "hmc_sac_target05": ("hmc_sac", ("pid.target=0.5",)),
-    # The paper's configuration (objective 17, previous policy as prior, PID on beta,
-    # alternating updates, the chain for the TD target's action).
-    "hmc_sac_paper": ("hmc_sac", ()),
+    # Screening (every option named, so that a change of the script's defaults changes no
+    # variant). The paper's configuration: objective (17) with the previous policy as prior,
+    # PID on beta, alternating updates, the chain for the TD target's action, the twins' min.
+    "hmc_sac_paper": (
+        "hmc_sac",
+        (
+            "hmc.prior=policy",
+            "hmc.update_mode=alternating",
+            "hmc.next_action=chain",
+            "hmc.potential_critic=min",
+        ),
+    ),
+    # The entropy prior: SAC's objective with the chain as an exact-density flow (alpha tuned).
+    "hmc_sac_ent": (
+        "hmc_sac",
+        (
+            "hmc.prior=uniform",
+            "hmc.update_mode=alternating",
+            "hmc.next_action=chain",
+            "hmc.potential_critic=min",
+        ),
+    ),
+    # The entropy prior at the cheapest: joint updates, SAC's next action, one critic in U.
+    "hmc_sac_ent_fast": (
+        "hmc_sac",
+        (
+            "hmc.prior=uniform",
+            "hmc.update_mode=joint",
+            "hmc.next_action=base",
+            "hmc.potential_critic=first",
+        ),
+    ),
 }
 
 
@@ -76,13 +102,23 @@ _QUICK = Tier(
     envs=("Pendulum-v1",),
     frames=15_000,
     seeds=(0, 1, 2, 3, 4),
-    methods=("sac", "hmc_sac", "td3", "ld_td3"),
+    methods=(
+        "sac",
+        "bon_sac",
+        "hmc_sac_paper",
+        "hmc_sac_ent",
+        "hmc_sac_ent_fast",
+        "td3",
+        "ld_td3",
+    ),
     eval_interval=1_000,
     overrides=("preset=quick",),
 )
 #: The first Pendulum protocol (an evaluation every 5k frames): tiers QA and QW were measured
 #: under it and keep their own runs; they are never mixed with tier Q's.
-_QUICK_5K = dataclasses.replace(_QUICK, eval_interval=5_000)
+_QUICK_5K = dataclasses.replace(
+    _QUICK, eval_interval=5_000, methods=("sac", "hmc_sac", "td3", "ld_td3")
+)
 TIERS = {
     "Q": _QUICK,
     # BENCHMARKS.md §3 ablations: which part of HMC-SAC earns what, at the 5k spacing.
@@ -91,14 +127,11 @@ TIERS = {
     # unchanged), the RL counterpart of the mechanism benchmark. Same networks for method and
     # baseline: SAC gets the same linear policy the HMC chain starts from.
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
-    # Issue screening (tier Q's protocol): the method's variants against SAC and the
-    # best-of-N control; SAC and the default method are tier Q's own runs.
-    "QS": dataclasses.replace(_QUICK, methods=("sac", "hmc_sac", "hmc_sac_paper"), reuses="Q"),
     "M": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4"),
         frames=100_000,
         seeds=(0, 1, 2),
-        methods=("sac", "hmc_sac"),
+        methods=("sac", "hmc_sac", "bon_sac"),
         eval_interval=10_000,
     ),
     "L": Tier(
@@ -112,18 +145,12 @@ TIERS = {
 BASELINE = {"hmc_sac": "sac", "ld_td3": "td3"}
 
 
-def _owner(tier: str, method: str) -> str:
-    """The tier whose directories hold this tier's runs of ``method``."""
-    reused = TIERS[tier].reuses
-    return reused if reused is not None and method in TIERS[reused].methods else tier
-
-
 def run_dir(tier: str, method: str, env: str, seed: int) -> Path:
-    return RUNS / _owner(tier, method) / method / env / f"seed{seed}"
+    return RUNS / tier / method / env / f"seed{seed}"
 
 
 def result_path(tier: str, method: str, env: str, seed: int) -> Path:
-    return RESULTS / _owner(tier, method) / method / env / f"seed{seed}.json"
+    return RESULTS / tier / method / env / f"seed{seed}.json"
 
 
 def _portable(path: Path) -> str:
@@ -151,6 +178,9 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
         "eval.episodes=10",
         "progress_bar=false",
         f"hydra.run.dir={directory}",
+        # One thread per run (BENCHMARKS.md): runs go two at a time on two cores, and a
+        # second OpenMP thread per run oversubscribes them (spin-waits cost ~10x per update).
+        *(() if any(a.startswith("threads=") for a in extra) else ("threads=1",)),
         *extra,
     ]
     if (run_dir(tier_name, method, env, seed) / "latest_checkpoint.txt").exists():

@@ -63,7 +63,7 @@ def test_grid_skips_finished_resumes_partial_and_starts_pending(sandbox, monkeyp
 
 
 def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
-    finals = {"sac": [-200.0, -180.0, -160.0, -150.0, -400.0], "hmc_sac": [-150.0] * 5}
+    finals = {"sac": [-200.0, -180.0, -160.0, -150.0, -400.0], "hmc_sac_ent": [-150.0] * 5}
     for method, scores in finals.items():
         for seed, score in enumerate(scores):
             path = learning.result_path("Q", method, "Pendulum-v1", seed)
@@ -80,27 +80,23 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     # Area under the curve: the mean of the evaluations (final * (1/3, 2/3, 1) here).
     assert sac["auc_scores"] == pytest.approx([f * 2 / 3 for f in finals["sac"]])
     assert sac["auc_iqm"] == pytest.approx(-120.0, abs=1e-6)
-    hmc = out["results"]["Pendulum-v1"]["hmc_sac"]
+    hmc = out["results"]["Pendulum-v1"]["hmc_sac_ent"]
     assert hmc["iqm"] == pytest.approx(-150.0) and hmc["iqm_ci95"] == pytest.approx([-150, -150])
-    assert len(out["pending"]) == 10  # td3 and ld_td3 never ran
+    assert len(out["pending"]) == 5 * 5  # the other five methods never ran
     assert (learning.RESULTS.parent / "learning_Q_Pendulum-v1.png").stat().st_size > 1000
 
 
-def test_screening_reuses_tier_q_runs_and_variants_name_their_results(sandbox) -> None:
-    # SAC and the default method are tier Q's runs (same commands): read there, never redone.
-    assert learning.result_path("QS", "hmc_sac", "Pendulum-v1", 0) == learning.result_path(
-        "Q", "hmc_sac", "Pendulum-v1", 0
-    )
-    assert learning.run_dir("QS", "sac", "Pendulum-v1", 1) == learning.run_dir(
-        "Q", "sac", "Pendulum-v1", 1
-    )
-    assert learning.command("QS", "sac", "Pendulum-v1", 0, []) == learning.command(
-        "Q", "sac", "Pendulum-v1", 0, []
-    )
+def test_tiers_keep_their_runs_and_variants_name_their_results(sandbox) -> None:
     # The 5k-spacing ablations keep their own runs: never mixed with tier Q's.
     assert learning.result_path("QA", "sac", "Pendulum-v1", 0).parts[-4] == "QA"
     assert "eval.interval_frames=5000" in learning.command("QA", "sac", "Pendulum-v1", 0, [])
     assert "eval.interval_frames=1000" in learning.command("Q", "sac", "Pendulum-v1", 0, [])
+    # One thread per run unless the caller says otherwise.
+    assert "threads=1" in learning.command("Q", "sac", "Pendulum-v1", 0, [])
+    assert learning.command("Q", "sac", "Pendulum-v1", 0, ["threads=4"]).count("threads=4") == 1
+    assert not any(
+        a == "threads=1" for a in learning.command("Q", "sac", "Pendulum-v1", 0, ["threads=4"])
+    )
     variant = learning.result_path("QA", "hmc_sac_k0", "Pendulum-v1", 0)
     assert variant.parts[-4:] == ("QA", "hmc_sac_k0", "Pendulum-v1", "seed0.json")
     # A variant runs its script with its overrides and the variant's own method name.
@@ -108,14 +104,16 @@ def test_screening_reuses_tier_q_runs_and_variants_name_their_results(sandbox) -
     assert cmd[1] == "examples/hmc_sac.py"
     assert "pid.enabled=false" in cmd and "method=hmc_sac_fixedbeta" in cmd
     assert "preset=quick" in cmd and "seed=2" in cmd
-    # Aggregation finds reused and own results alike.
-    for tier, method, final in (("QS", "hmc_sac", -300.0), ("QA", "hmc_sac_k0", -900.0)):
+    cmd = learning.command("Q", "hmc_sac_ent", "Pendulum-v1", 0, [])
+    assert "hmc.prior=uniform" in cmd and "method=hmc_sac_ent" in cmd
+    assert learning.command("Q", "bon_sac", "Pendulum-v1", 0, [])[1] == "examples/bon_sac.py"
+    # Aggregation reads each tier's own results.
+    for tier, method, final in (("Q", "hmc_sac_ent", -300.0), ("QA", "hmc_sac_k0", -900.0)):
         path = learning.result_path(tier, method, "Pendulum-v1", 0)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_fake_summary(method, "Pendulum-v1", 0, final)))
-    assert learning.load_results("QS").keys() == {("Pendulum-v1", "hmc_sac")}
+    assert learning.load_results("Q").keys() == {("Pendulum-v1", "hmc_sac_ent")}
     assert learning.load_results("QA").keys() == {("Pendulum-v1", "hmc_sac_k0")}
-    assert learning.load_results("Q").keys() == {("Pendulum-v1", "hmc_sac")}
 
 
 # ------------------------------------------------------------------ mechanism benchmark

@@ -38,7 +38,7 @@ def _scalar_log(run_dir: Path, name: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize("env_name", ["Pendulum-v1", "Hopper-v4"])
-@pytest.mark.parametrize("script", ["hmc_sac.py", "sac.py", "ld_td3.py", "td3.py"])
+@pytest.mark.parametrize("script", ["hmc_sac.py", "sac.py", "bon_sac.py", "ld_td3.py", "td3.py"])
 def test_script_runs_end_to_end(script: str, env_name: str, tmp_path: Path) -> None:
     _run(script, *SMOKE, f"env={env_name}", run_root=tmp_path)
     (run_dir,) = _run_dirs(tmp_path)

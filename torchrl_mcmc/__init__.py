@@ -6,10 +6,12 @@ controller keeps the policy's KL step near a target.
 """
 
 from torchrl_mcmc.control import PIDBetaHook, PIDController
-from torchrl_mcmc.modules import HMCActor, HMCSample, LangevinFlowActor
-from torchrl_mcmc.objectives import HMCLoss, LangevinFlowLoss
+from torchrl_mcmc.modules import BestOfNActor, HMCActor, HMCSample, LangevinFlowActor
+from torchrl_mcmc.objectives import BestOfNSACLoss, HMCLoss, LangevinFlowLoss
 
 __all__ = [
+    "BestOfNActor",
+    "BestOfNSACLoss",
     "HMCActor",
     "HMCLoss",
     "HMCSample",

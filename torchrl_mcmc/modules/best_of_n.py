@@ -1,0 +1,129 @@
+"""``BestOfNActor``: the control for the chain — ``N`` samples of the policy, the best by the
+critic, at the same number of critic evaluations per action as ``K = N - 1`` chain steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import InteractionType, ProbabilisticTensorDictSequential, TensorDictModuleBase
+from tensordict.nn.probabilistic import interaction_type
+from tensordict.utils import NestedKey
+from torch import Tensor
+
+from torchrl_mcmc.modules._common import MCMCActorBase, _unique
+from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
+
+__all__ = ["BestOfNActor"]
+
+
+class BestOfNActor(MCMCActorBase):
+    """A stochastic actor that acts with the best of ``num_samples`` policy samples.
+
+    Per state, ``num_samples`` actions are drawn from the wrapped policy and the one with the
+    highest ``min_i Q_i(s, a)`` is taken. It spends the critic evaluations of an HMC chain of
+    ``K = num_samples - 1`` steps (``K + 1`` evaluations of each critic) on plain selection,
+    which is what a gain of the chain must beat to be credited to its dynamics.
+
+    In deterministic mode (evaluation) the candidates are the policy's mode and
+    ``num_samples - 1`` samples, so the selection still spends its critic calls. It shares the
+    critic hand-over of the package's actors: a loss binds the critics it trains with
+    :meth:`bind_critic_params` (:class:`~torchrl_mcmc.objectives.BestOfNSACLoss` does), and the
+    actor's ``state_dict`` carries them.
+
+    Args:
+        policy: a TorchRL probabilistic actor (e.g. SAC's ``ProbabilisticActor`` with a
+            ``TanhNormal``).
+        critic: a critic reading the state and the action key, writing one value.
+
+    Keyword Args:
+        num_samples: ``N >= 1`` candidates per state (``1`` is the plain policy).
+        action_key: where the action is written; defaults to the policy's sample key.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torch import nn
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+        >>> from torchrl.modules import ValueOperator
+        >>> policy = ProbabilisticActor(
+        ...     TensorDictModule(nn.Sequential(MLP(in_features=3, out_features=2, num_cells=[16]),
+        ...                                    NormalParamExtractor()),
+        ...                      in_keys=["observation"], out_keys=["loc", "scale"]),
+        ...     in_keys=["loc", "scale"], distribution_class=TanhNormal,
+        ...     spec=Bounded(-1.0, 1.0, shape=(1,)))
+        >>> critic = ValueOperator(MLP(in_features=4, out_features=1, num_cells=[16]),
+        ...                        in_keys=["observation", "action"])
+        >>> actor = BestOfNActor(policy, critic, num_samples=6)
+        >>> td = actor(TensorDict({"observation": torch.randn(5, 3)}, batch_size=[5]))
+        >>> td["action"].shape
+        torch.Size([5, 1])
+    """
+
+    def __init__(
+        self,
+        policy: ProbabilisticTensorDictSequential,
+        critic: TensorDictModuleBase,
+        *,
+        num_samples: int = 6,
+        action_key: NestedKey | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(policy, ProbabilisticTensorDictSequential):
+            raise TypeError(
+                "policy must be a tensordict ProbabilisticTensorDictSequential (e.g. torchrl's "
+                f"ProbabilisticActor), got {type(policy).__name__}."
+            )
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(
+                f"num_samples must be an integer >= 1, got num_samples={num_samples!r}."
+            )
+        if action_key is None:
+            action_key = policy.dist_sample_keys[0]
+        self._check_critic(critic, action_key, "Pass action_key=... or build the critic on it.")
+        self.policy = policy
+        self._set_critic(critic, action_key)
+        self.register_module("critic_params", None)
+        self.num_samples = num_samples
+        self._plain_policy = _plain_policy(policy)
+        self.in_keys = _unique([*policy.in_keys, *self._critic_state_keys])
+        self.out_keys = [action_key]
+
+    def select(self, tensordict: TensorDictBase, explore: bool = True) -> tuple[Tensor, Tensor]:
+        """The chosen actions ``[*batch, d]`` and their policy log-densities ``[*batch]``.
+
+        Keyword Args:
+            explore: all candidates sampled (``True``), or the mode and ``N - 1`` samples.
+        """
+        with torch.no_grad():
+            dist = _policy_dist(self.policy, tensordict, self._plain_policy)
+            candidates = dist.sample((self.num_samples,))  # [N, *batch, d]
+            if not explore:
+                # TorchRL's distributions name their mode deterministic_sample; torch's, mode.
+                has_own = hasattr(type(dist), "deterministic_sample")
+                candidates[0] = dist.deterministic_sample if has_own else dist.mode
+            log_prob = dist.log_prob(candidates)  # [N, *batch]
+            if self.num_samples == 1:
+                return candidates[0], log_prob[0]
+            # All candidates of all states in one flat critic batch.
+            states = tensordict.select(*self._critic_state_keys)
+            flat = states.expand(self.num_samples, *states.batch_size).reshape(-1)
+            values = self.critic_value(flat, candidates.reshape(-1, candidates.shape[-1]))
+            best = values.reshape(log_prob.shape).argmax(0)  # [*batch]
+            index = best.unsqueeze(0).unsqueeze(-1).expand(1, *candidates.shape[1:])
+            action = candidates.gather(0, index).squeeze(0)
+            return action, log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
+
+    @property
+    def default_interaction_type(self) -> InteractionType:
+        """The wrapped policy's default, used when no interaction type is set."""
+        return self.policy.default_interaction_type
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        mode = interaction_type()
+        if mode is None:
+            mode = self.default_interaction_type
+        action, _ = self.select(tensordict, explore=mode == InteractionType.RANDOM)
+        return tensordict.set(self.action_key, action)
