@@ -127,6 +127,23 @@ TIERS = {
     # unchanged), the RL counterpart of the mechanism benchmark. Same networks for method and
     # baseline: SAC gets the same linear policy the HMC chain starts from.
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
+    # MuJoCo screen (30k frames, an evaluation every 3k): the variants against SAC and the
+    # best-of-N control at the paper-scale networks and schedule, before tier M's hours.
+    "S": Tier(
+        envs=("HalfCheetah-v4", "Hopper-v4"),
+        frames=30_000,
+        seeds=(0, 1),
+        methods=("sac", "bon_sac", "hmc_sac_ent_fast", "hmc_sac_ent", "hmc_sac_paper"),
+        eval_interval=3_000,
+    ),
+    # The Langevin flow's MuJoCo screen against TD3.
+    "SL": Tier(
+        envs=("HalfCheetah-v4",),
+        frames=30_000,
+        seeds=(0, 1),
+        methods=("td3", "ld_td3"),
+        eval_interval=3_000,
+    ),
     "M": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4"),
         frames=100_000,
