@@ -397,7 +397,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path
     ckpt_dir.mkdir(exist_ok=True)
     path = ckpt_dir / f"frames_{state['frames']:012d}.pt"
     _atomic_write(path, lambda f: torch.save(state, f))
-    _atomic_write(run_dir / CHECKPOINT_POINTER, lambda f: f.write(path.name.encode()))
+    _point_to(run_dir, path)
     for old in sorted(ckpt_dir.glob("frames_*.pt"))[:-keep]:
         old.unlink()
     return path
@@ -415,9 +415,54 @@ def _atomic_write(path: Path, write: Callable) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read."""
+
+
+#: Suffix given to a checkpoint file found unreadable, so that rotation never keeps it in place
+#: of an intact one (and it stays there to be looked at).
+UNREADABLE_SUFFIX = ".unreadable"
+
+
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    name = (run_dir / CHECKPOINT_POINTER).read_text().strip()
-    return torch.load(run_dir / "checkpoints" / name, weights_only=True)
+    """The newest intact checkpoint of ``run_dir`` (``torch.load(weights_only=True)``).
+
+    The pointer names the newest; if that file cannot be read (a truncated copy, a damaged
+    disk: ``torch.load`` fails), a warning names it and the other checkpoints are tried, newest
+    first (``checkpoint.keep`` > 1 keeps older ones for this). Each unreadable file is renamed with
+    :data:`UNREADABLE_SUFFIX` and the pointer set to the one loaded. Raises
+    :class:`CheckpointError` naming every file tried when none can be read.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    newest = ckpt_dir / (run_dir / CHECKPOINT_POINTER).read_text().strip()
+    others = sorted((p for p in ckpt_dir.glob("frames_*.pt") if p != newest), reverse=True)
+    candidates, failures = [newest, *others], []
+    for index, path in enumerate(candidates):
+        try:
+            state = torch.load(path, weights_only=True)
+        # A damaged file fails in many ways (a truncated zip: RuntimeError; an empty file:
+        # EOFError; other bytes: UnpicklingError, KeyError...): any failure to read it is one.
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}".strip(": ")
+            failures.append(f"{path.name} ({reason})")
+            logger.warning("checkpoint %s is unreadable (%s); trying the next newest", path, reason)
+            continue
+        if failures:
+            for unreadable in candidates[:index]:
+                if unreadable.exists():
+                    unreadable.rename(unreadable.with_name(unreadable.name + UNREADABLE_SUFFIX))
+            _point_to(run_dir, path)
+            logger.warning("resuming from the older checkpoint %s", path)
+        return state
+    raise CheckpointError(
+        f"no checkpoint of {run_dir} can be read: {'; '.join(failures)}. The run cannot "
+        "continue; start a new one."
+    )
+
+
+def _point_to(run_dir: Path, checkpoint: Path) -> None:
+    """Names ``checkpoint`` in the run's pointer file, atomically."""
+    _atomic_write(run_dir / CHECKPOINT_POINTER, lambda f: f.write(checkpoint.name.encode()))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -515,7 +560,8 @@ class _Progress:
 
 def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device], Method]) -> int:
     """Trains one run end to end; returns a process exit code (0 ok, 2 bad input: a bad config
-    value or ``resume=``; 128 + N stopped by signal N after writing a checkpoint)."""
+    value, or a ``resume=`` that cannot continue; 128 + N stopped by signal N after writing a
+    checkpoint)."""
     fresh_dir = _hydra_output_dir()
     try:
         plan = plan_run(cfg, _hydra_config())
@@ -537,7 +583,11 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
     if plan.resumed is None:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     else:
-        state = load_checkpoint(run_dir)
+        try:
+            state = load_checkpoint(run_dir)
+        except CheckpointError as err:
+            logger.error("%s", err)
+            return 2
         _record_resume(run_dir, plan.resumed)
 
     set_threads(cfg.threads)

@@ -205,6 +205,35 @@ def test_resume_with_the_run_directory_alone_continues_a_preset_run(tmp_path: Pa
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path: Path) -> None:
+    overrides = [*SMOKE, "env=Pendulum-v1"]  # checkpoints at 200 and 400 frames (keep: 2)
+    _run("sac.py", *overrides, run_root=tmp_path)
+    (run_dir,) = _run_dirs(tmp_path)
+    newest = run_dir / "checkpoints" / "frames_000000000400.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a failed copy
+
+    _run("sac.py", f"resume={run_dir}", "collector.total_frames=600", run_root=tmp_path)
+    log = (run_dir / "train.log").read_text()
+    assert f"checkpoint {newest} is unreadable" in log
+    assert "failed finding central directory" in log
+    assert "resumed at 200 frames" in log
+    assert json.loads((run_dir / "summary.json").read_text())["frames"] == 600
+    # Set aside for inspection, out of the rotation.
+    assert (newest.parent / (newest.name + ".unreadable")).exists()
+
+    # None intact: a clear error naming the files, exit 2.
+    for path in (run_dir / "checkpoints").glob("frames_*.pt"):
+        path.write_bytes(b"")
+    proc = _run(
+        "sac.py", f"resume={run_dir}", "collector.total_frames=800", run_root=tmp_path, check=False
+    )
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "no checkpoint of" in out and "can be read" in out
+    assert "frames_000000000600.pt (EOFError" in out and "frames_000000000400.pt" in out
+    assert "Traceback" not in out
+
+
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
     logs = []
     for name in ("a", "b"):
