@@ -12,7 +12,6 @@ import functools
 import logging
 import os
 
-import gymnasium as gym
 import torch
 from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -53,62 +52,22 @@ KNOWN_ENVS = (
     "Humanoid-v4",
 )
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
+#: ``network.activation``'s choices.
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
 
 
 class ConfigError(ValueError):
-    """A bad configuration value, caught before any work starts."""
+    """A bad configuration value (or ``resume=``), caught before anything is created."""
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; an explicit device must exist."""
+    """``auto`` → CUDA when present, else CPU; any other name as torch spells it.
+
+    ``examples.config_rules`` has checked the name (``device``) before this is called.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda[:N].") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is unavailable: torch sees no CUDA device here.")
-    return device
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Fails fast, before anything is built or written, on values that cannot work."""
-    if cfg.env.name not in gym.registry:
-        raise ConfigError(
-            f"unknown env {cfg.env.name!r}: not a registered Gymnasium id. Known configs: "
-            f"{', '.join(KNOWN_ENVS)} (-v5 ids of these work too, via env.name=...)."
-        )
-    positive = {
-        "collector.total_frames": cfg.collector.total_frames,
-        "collector.frames_per_batch": cfg.collector.frames_per_batch,
-        "collector.num_workers": cfg.collector.num_workers,
-        "replay.batch_size": cfg.replay.batch_size,
-        "replay.size": cfg.replay.size,
-        "eval.episodes": cfg.eval.episodes,
-        "optim.lr": cfg.optim.lr,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value}.")
-    if cfg.collector.init_random_frames < 0:
-        raise ConfigError(
-            f"collector.init_random_frames must be >= 0, got {cfg.collector.init_random_frames}."
-        )
-    if not cfg.optim.utd_ratio > 0:
-        raise ConfigError(f"optim.utd_ratio must be > 0, got {cfg.optim.utd_ratio}.")
-    for key in ("hidden", "policy_hidden"):
-        layers = cfg.network.get(key)
-        if layers is not None and not all(isinstance(w, int) and w > 0 for w in layers):
-            raise ConfigError(
-                f"network.{key} must be a list of positive layer widths, got {layers}."
-            )
-    if "hmc" in cfg and cfg.hmc.num_steps < 0:
-        raise ConfigError(f"hmc.num_steps (K) must be >= 0, got {cfg.hmc.num_steps}.")
-    if "pid" in cfg and not cfg.pid.target > 0:
-        raise ConfigError(f"pid.target must be > 0, got {cfg.pid.target}.")
-    resolve_device(cfg.device)
+    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------- environments
@@ -140,7 +99,7 @@ def _mlp(
         in_features=in_features,
         out_features=out_features,
         num_cells=list(cfg.network.hidden if hidden is None else hidden),
-        activation_class=_ACTIVATIONS[cfg.network.activation],
+        activation_class=ACTIVATIONS[cfg.network.activation],
     )
 
 
