@@ -1,6 +1,6 @@
 """What every value of the scripts' configurations may be, and what a resumed run may change.
 
-:data:`CONFIG_RULES` holds one rule per key of ``config/*.yaml`` (all four scripts; a section
+:data:`CONFIG_RULES` holds one rule per key of ``config/*.yaml`` (every script; a section
 that a script does not have is skipped), :data:`CROSS_RULES` the constraints between keys.
 :func:`validate_config` checks them all in one pass and reports every bad value at once, each
 with its key, its value and what is allowed, before a run creates anything. A new config key
@@ -239,6 +239,8 @@ CONFIG_RULES: dict[str, Rule] = {
     # sac.yaml
     "sac.alpha_init": _positive,
     "sac.fixed_alpha": flag,
+    # bon_sac.yaml
+    "bon.num_samples": integer(1),
 }
 
 

@@ -1,4 +1,4 @@
-"""Every config value of the four scripts is checked, and a resume keeps the run's configuration.
+"""Every config value of the scripts is checked, and a resume keeps the run's configuration.
 
 End-to-end runs of the scripts with bad values and resumes are in ``test_examples.py``; here the
 rules themselves, on configurations composed by Hydra as the scripts compose them.
@@ -25,7 +25,7 @@ from examples.config_rules import (
 from examples.utils import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "examples" / "config"
-SCRIPTS = ("hmc_sac", "sac", "td3", "ld_td3")
+SCRIPTS = ("hmc_sac", "sac", "bon_sac", "td3", "ld_td3")
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "preset").glob("*.yaml"))
 
@@ -58,6 +58,7 @@ def test_the_shipped_configs_presets_and_envs_pass(script: str) -> None:
 
 #: ``(script, override, the whole message)``: the key, the bad value and what is allowed.
 BAD_VALUES = [
+    ("bon_sac", "bon.num_samples=0", "bon.num_samples=0: must be an integer >= 1"),
     # The 13 of issue 10 that got no clean error.
     ("hmc_sac", "hmc.num_steps=2.5", "hmc.num_steps=2.5: must be an integer >= 0"),
     ("hmc_sac", "hmc.step_size=0", "hmc.step_size=0: must be a finite number > 0"),
