@@ -155,7 +155,7 @@ TIERS = {
         envs=("Hopper-v4", "HalfCheetah-v4", "Ant-v4"),
         frames=500_000,
         seeds=(0, 1, 2, 3, 4),
-        methods=("sac", "hmc_sac", "td3", "ld_td3"),
+        methods=("sac", "hmc_sac", "bon_sac", "td3", "ld_td3"),
         eval_interval=10_000,
     ),
 }

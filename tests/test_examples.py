@@ -392,3 +392,30 @@ def test_entropy_prior_and_cheap_options_train_and_log_alpha(tmp_path: Path) -> 
     checkpoint = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
     assert set(checkpoint["method"]["optimizers"]) == {"policy", "hmc", "critic", "alpha"}
     assert checkpoint["method"]["pid"] is None
+
+
+def test_tier_l_multirun_through_submitit_lands_where_the_grid_reads(tmp_path: Path) -> None:
+    # The cluster commands of tier L, run with submitit's local launcher on a smoke budget.
+    from benchmarks import learning
+
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "LAUNCHER": "submitit_local",
+        "SMOKE": "1",
+        "METHODS": "sac",
+        "ROOT": str(tmp_path / "L"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "tier_l.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for seed in (0, 1):
+        expected = learning.run_dir("L", "sac", "Hopper-v4", seed).relative_to(learning.RUNS / "L")
+        summary = json.loads((tmp_path / "L" / expected / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["frames"] == 400
