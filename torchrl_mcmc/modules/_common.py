@@ -364,7 +364,8 @@ class MCMCActorBase(TensorDictModuleBase):
 
         Call once per policy iteration (one collector batch), not after every SGD step: with
         ``theta_t = theta`` the regulariser of objectives (10) and (17) measures the distance
-        from the very policy being trained and stops holding it near the last one (DESIGN §1.1).
+        from the very policy being trained and stops holding it near the last one
+        (docs/method.md §1.1).
         """
         for target, source in zip(self.prior.parameters(), self.policy.parameters(), strict=True):
             target.copy_(source)

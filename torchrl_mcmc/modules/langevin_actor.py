@@ -1,6 +1,6 @@
 """``LangevinFlowActor``: a TorchRL deterministic actor whose action is refined by a Langevin flow.
 
-Paper §3.1, eqs. 6–9; DESIGN §1.2.
+Paper §3.1, eqs. 6–9; docs/method.md §1.2.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LangevinFlowActor(MCMCActorBase):
     minimum over the critics the actor holds; ``pi_theta_t`` is a frozen snapshot of the policy
     (the *prior*, refreshed by :meth:`refresh_prior` once per policy iteration).
 
-    Design choices (DESIGN §1.2 leaves them open):
+    Design choices (docs/method.md §1.2 records them):
 
     * **The distance is taken in action space**, between squashed actions: it is then the same
       quantity as ``D_LD = mean ||aK - pi_theta_t(s)||`` of §4.1 and objective (10), so the flow

@@ -124,7 +124,7 @@ class MCMCPolicyLoss(LossModule):
 
         ``num_qvalue_nets`` fresh copies of the actor's critic (plus Polyak targets for
         :class:`~torchrl.objectives.SoftUpdate`) are bound to the actor, so that collection uses
-        exactly the parameters trained here (DESIGN §1.1).
+        exactly the parameters trained here (docs/method.md §1.1).
         """
         self.convert_to_functional(
             self.actor.critic,
