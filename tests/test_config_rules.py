@@ -346,3 +346,16 @@ def test_requested_keys_are_what_the_command_line_set() -> None:
         "env.name",
         "env.max_episode_steps",
     }
+
+
+def test_the_papers_configuration_is_one_override_away() -> None:
+    cfg = _compose("hmc_sac", "variant=paper")
+    assert config_problems(cfg) == []
+    hmc = cfg.hmc
+    assert (hmc.prior, hmc.update_mode, hmc.next_action, hmc.potential_critic) == (
+        "policy",
+        "alternating",
+        "chain",
+        "min",
+    )
+    assert hmc.value_entropy == "none" and hmc.h_update_interval == 1 and cfg.pid.enabled
