@@ -117,6 +117,8 @@ def test_beta_is_shared_schedulable_and_checkpointed() -> None:
     assert other.beta.item() == 0.25
     with pytest.raises(ValueError, match="beta"):
         loss.beta = 0.0
+    with pytest.raises(ValueError, match="too small"):
+        loss.beta = 1e-40  # > 0 in float32, but 1 / beta overflows
 
 
 def test_refresh_prior_is_explicit() -> None:

@@ -495,6 +495,7 @@ def _with_exploration_module() -> TensorDictSequential:
         (lambda: _actor(hidden=0), ValueError, "hidden=0"),
         (lambda: _actor(scale_bound=-1.0), ValueError, "scale_bound=-1.0"),
         (lambda: _actor(beta=0.0), ValueError, "beta=0.0"),
+        (lambda: _actor(beta=1e-300), ValueError, "beta=1e-300 is too small"),  # 0 in float32
         (lambda: _actor(distance_smoothing=0.0), ValueError, "distance_smoothing=0.0"),
         (lambda: _actor(exploration_noise=-0.1), ValueError, "exploration_noise=-0.1"),
         (lambda: _actor(action_spec=Unbounded(shape=(ACT,))), ValueError, "UnboundedContinuous"),

@@ -223,6 +223,11 @@ class HMCActor(MCMCActorBase):
         action_spec = self._resolve_action_spec(policy, action_spec, action_key)
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be finite and > 0, got beta={beta!r}.")
+        if not torch.tensor(float(beta)).reciprocal().isfinite():
+            # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
+            raise ValueError(
+                f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
+            )
         if gate_state_key is not None and gate_state_dim is None:
             raise ValueError("gate_state_key was given without gate_state_dim (its width).")
 

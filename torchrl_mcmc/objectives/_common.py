@@ -210,6 +210,10 @@ class MCMCPolicyLoss(LossModule):
         value = torch.as_tensor(value, dtype=self.actor.beta.dtype)
         if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
             raise ValueError(f"beta must be a finite scalar > 0, got {value}.")
+        if not value.reciprocal().isfinite():  # Q / beta enters the chain's potential
+            raise ValueError(
+                f"beta={value.item()!r} is too small: 1 / beta overflows {value.dtype}."
+            )
         self.actor.beta.copy_(value.reshape(()))
 
     # ------------------------------------------------------------------ parameter groups
