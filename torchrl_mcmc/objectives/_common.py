@@ -25,6 +25,13 @@ from torchrl_mcmc.modules._common import MCMCActorBase
 __all__ = ["MCMCPolicyLoss"]
 
 
+def batch_mean(values: Tensor) -> Tensor:
+    """``values.mean()``, or, for an empty batch (every chain diverged and was dropped), ``0``
+    with the graph of the empty computation, where the mean would be NaN: such a loss
+    backpropagates zero gradients to the parameters it would have reached."""
+    return values.mean() if values.numel() else values.sum()
+
+
 def parameters_of(params: TensorDictParams) -> Iterator[nn.Parameter]:
     """The trainable entries of functional parameters (not buffers such as tanh bounds)."""
     return iter([p for p in params.values(True, True) if isinstance(p, nn.Parameter)])
