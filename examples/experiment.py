@@ -35,6 +35,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.record.loggers import get_logger
+from torchrl.record.loggers.csv import CSVLogger
 from tqdm import tqdm
 
 from examples.config_rules import (
@@ -622,6 +623,9 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
             else {}
         ),
     )
+    if state is not None and isinstance(exp_logger, CSVLogger):
+        # The run logged past its checkpoint before it stopped; it logs those steps again now.
+        _drop_logged_rows_after(Path(exp_logger.experiment.log_dir) / "scalars", progress.frames)
 
     remaining = cfg.collector.total_frames - progress.frames
     if remaining <= 0:
@@ -717,6 +721,31 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         record_video(method.policy, cfg, run_dir / "episode.gif")
     _write_summary(cfg, run_dir, progress)
     return 0
+
+
+def _drop_logged_rows_after(scalars_dir: Path, step: int) -> None:
+    """Removes from a CSV logger's scalar files (``<name>.csv``, rows ``step,value``) every row
+    past ``step``, the checkpoint a run resumes from, and a last row cut short by a kill; each
+    file is rewritten atomically. The resumed run logs those steps again: without this they
+    would appear twice."""
+    for path in sorted(scalars_dir.rglob("*.csv")):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.endswith("\n") and not _logged_after(line, step)]
+        if len(kept) < len(lines):
+            _atomic_write(path, lambda f, rows=kept: f.write("".join(rows).encode()))
+            logger.info(
+                "resume: %s: dropped %d rows logged after frame %d",
+                path.relative_to(scalars_dir),
+                len(lines) - len(kept),
+                step,
+            )
+
+
+def _logged_after(line: str, step: int) -> bool:
+    try:
+        return int(line.split(",", 1)[0]) > step
+    except ValueError:
+        return False  # not a row the logger wrote: left alone
 
 
 def _title(cfg: DictConfig) -> str:
