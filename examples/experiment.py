@@ -9,6 +9,7 @@ logging, collection, replay, evaluation in deterministic mode, learning-curve PN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -37,6 +38,7 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.record.loggers import get_logger
 from torchrl.record.loggers.csv import CSVLogger
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from examples.config_rules import (
     ResumedConfig,
@@ -659,8 +661,8 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         unit="frames",
         dynamic_ncols=True,
     )
-    last = {"eval": float("nan"), "beta": float("nan")}
-    with _StopRequests() as stop:
+    last: dict[str, float] = {}  # the bar shows a value once there is one
+    with _StopRequests() as stop, _console_logs_above(bar):
         for batch in collector:
             frames = batch.numel()
             progress.frames += frames
@@ -682,7 +684,8 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
                     scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics if key in m]))
                 for key, value in method.end_iteration(metrics).items():
                     scalars[f"train/{key}"] = value
-                last["beta"] = scalars.get("train/beta", last["beta"])
+                if "train/beta" in scalars:
+                    last["beta"] = scalars["train/beta"]
             collector.update_policy_weights_()
 
             if (
@@ -703,7 +706,7 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
                 for key, value in scalars.items():
                     exp_logger.log_scalar(key, value, step=progress.frames)
             bar.update(frames)
-            bar.set_postfix(eval=f"{last['eval']:.1f}", beta=f"{last['beta']:.3g}", refresh=False)
+            bar.set_postfix(_bar_postfix(last), refresh=False)
             if progress.frames >= progress.next_checkpoint:
                 progress.next_checkpoint += cfg.checkpoint.interval_frames
                 checkpoint()
@@ -746,6 +749,32 @@ def _logged_after(line: str, step: int) -> bool:
         return int(line.split(",", 1)[0]) > step
     except ValueError:
         return False  # not a row the logger wrote: left alone
+
+
+@contextlib.contextmanager
+def _console_logs_above(bar: tqdm) -> Iterator[None]:
+    """While ``bar`` shows, console log lines (ours through the root logger, and TorchRL's own
+    coloured handler, which does not propagate) are written above it with ``tqdm.write``
+    instead of into its line. Loggers without a console handler are left as they are."""
+    if bar.disable:
+        yield
+        return
+    loggers = [
+        log
+        for log in (logging.getLogger(), logging.getLogger("torchrl"))
+        if any(
+            isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+            for h in log.handlers
+        )
+    ]
+    with logging_redirect_tqdm(loggers=loggers, tqdm_class=type(bar)):
+        yield
+
+
+def _bar_postfix(last: dict[str, float]) -> dict[str, str]:
+    """The last evaluation return and beta, for those known so far."""
+    formats = {"eval": ".1f", "beta": ".3g"}
+    return {key: format(last[key], spec) for key, spec in formats.items() if key in last}
 
 
 def _title(cfg: DictConfig) -> str:

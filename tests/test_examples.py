@@ -265,6 +265,34 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path: Path)
     assert "Traceback" not in out
 
 
+def test_progress_bar_shows_known_values_only_and_log_lines_print_above_it(
+    tmp_path: Path,
+) -> None:
+    # The bar on stderr and the logs on stdout, into one pipe as on a terminal.
+    cmd = [sys.executable, str(ROOT / "examples" / "hmc_sac.py"), *SMOKE, "env=Pendulum-v1"]
+    proc = subprocess.run(
+        [*cmd, "progress_bar=true", f"run_root={tmp_path}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout
+    assert "frames/s" in out and "eval=-" in out and "beta=0." in out  # the bar ran
+    assert "nan" not in out  # no value before it is known
+    # A log line starts where a cleared bar was (tqdm.write), never after the bar's text: the
+    # segment after the line's last carriage return is the message alone.
+    # TorchRL's own coloured handler (green prefix) and ours (through the root logger):
+    messages = {"Initialized LazyTensorStorage": "\x1b[92m", "eval return": "frames "}
+    for message, start in messages.items():
+        lines = [line for line in out.split("\n") if message in line]
+        assert lines, message
+        for line in lines:
+            assert line.split("\r")[-1].startswith(start), line
+
+
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
     logs = []
     for name in ("a", "b"):
