@@ -513,7 +513,7 @@ def metadata(argv: list[str], threads: int) -> dict[str, Any]:
     return {
         "command": shlex.join([sys.executable, "-m", "benchmarks.update_speed", *argv]),
         "git": {"commit": _git("rev-parse", "HEAD"), "dirty": dirty},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": {
             name: _version(name)
             for name in ("torch", "torchrl", "tensordict", "gymnasium", "mujoco")

@@ -9,6 +9,7 @@ logging, collection, replay, evaluation in deterministic mode, learning-curve PN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -35,7 +36,9 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.record.loggers import get_logger
+from torchrl.record.loggers.csv import CSVLogger
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from examples.config_rules import (
     ResumedConfig,
@@ -622,6 +625,9 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
             else {}
         ),
     )
+    if state is not None and isinstance(exp_logger, CSVLogger):
+        # The run logged past its checkpoint before it stopped; it logs those steps again now.
+        _drop_logged_rows_after(Path(exp_logger.experiment.log_dir) / "scalars", progress.frames)
 
     remaining = cfg.collector.total_frames - progress.frames
     if remaining <= 0:
@@ -655,8 +661,8 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         unit="frames",
         dynamic_ncols=True,
     )
-    last = {"eval": float("nan"), "beta": float("nan")}
-    with _StopRequests() as stop:
+    last: dict[str, float] = {}  # the bar shows a value once there is one
+    with _StopRequests() as stop, _console_logs_above(bar):
         for batch in collector:
             frames = batch.numel()
             progress.frames += frames
@@ -678,7 +684,8 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
                     scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics if key in m]))
                 for key, value in method.end_iteration(metrics).items():
                     scalars[f"train/{key}"] = value
-                last["beta"] = scalars.get("train/beta", last["beta"])
+                if "train/beta" in scalars:
+                    last["beta"] = scalars["train/beta"]
             collector.update_policy_weights_()
 
             if (
@@ -699,7 +706,7 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
                 for key, value in scalars.items():
                     exp_logger.log_scalar(key, value, step=progress.frames)
             bar.update(frames)
-            bar.set_postfix(eval=f"{last['eval']:.1f}", beta=f"{last['beta']:.3g}", refresh=False)
+            bar.set_postfix(_bar_postfix(last), refresh=False)
             if progress.frames >= progress.next_checkpoint:
                 progress.next_checkpoint += cfg.checkpoint.interval_frames
                 checkpoint()
@@ -717,6 +724,57 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         record_video(method.policy, cfg, run_dir / "episode.gif")
     _write_summary(cfg, run_dir, progress)
     return 0
+
+
+def _drop_logged_rows_after(scalars_dir: Path, step: int) -> None:
+    """Removes from a CSV logger's scalar files (``<name>.csv``, rows ``step,value``) every row
+    past ``step``, the checkpoint a run resumes from, and a last row cut short by a kill; each
+    file is rewritten atomically. The resumed run logs those steps again: without this they
+    would appear twice."""
+    for path in sorted(scalars_dir.rglob("*.csv")):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.endswith("\n") and not _logged_after(line, step)]
+        if len(kept) < len(lines):
+            _atomic_write(path, lambda f, rows=kept: f.write("".join(rows).encode()))
+            logger.info(
+                "resume: %s: dropped %d rows logged after frame %d",
+                path.relative_to(scalars_dir),
+                len(lines) - len(kept),
+                step,
+            )
+
+
+def _logged_after(line: str, step: int) -> bool:
+    try:
+        return int(line.split(",", 1)[0]) > step
+    except ValueError:
+        return False  # not a row the logger wrote: left alone
+
+
+@contextlib.contextmanager
+def _console_logs_above(bar: tqdm) -> Iterator[None]:
+    """While ``bar`` shows, console log lines (ours through the root logger, and TorchRL's own
+    coloured handler, which does not propagate) are written above it with ``tqdm.write``
+    instead of into its line. Loggers without a console handler are left as they are."""
+    if bar.disable:
+        yield
+        return
+    loggers = [
+        log
+        for log in (logging.getLogger(), logging.getLogger("torchrl"))
+        if any(
+            isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+            for h in log.handlers
+        )
+    ]
+    with logging_redirect_tqdm(loggers=loggers, tqdm_class=type(bar)):
+        yield
+
+
+def _bar_postfix(last: dict[str, float]) -> dict[str, str]:
+    """The last evaluation return and beta, for those known so far."""
+    formats = {"eval": ".1f", "beta": ".3g"}
+    return {key: format(last[key], spec) for key, spec in formats.items() if key in last}
 
 
 def _title(cfg: DictConfig) -> str:

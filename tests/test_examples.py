@@ -98,6 +98,7 @@ def test_kill_9_then_resume_continues_the_frame_counter(script: str, tmp_path: P
     )
     assert final["frames"] == 1200
     assert final["progress"]["updates"] > state["progress"]["updates"]
+    _assert_logged_steps_are_unique(run_dir)
 
 
 def test_sigterm_writes_a_checkpoint_between_intervals_and_the_run_resumes(
@@ -138,8 +139,15 @@ def test_sigterm_writes_a_checkpoint_between_intervals_and_the_run_resumes(
     assert f"resumed at {stopped_at} frames" in (run_dir / "train.log").read_text()
 
 
-def _stop_after_first_checkpoint(cmd: list[str], run_root: Path) -> Path:
-    """Starts ``cmd``, sends SIGTERM once it has written a checkpoint; its run directory."""
+def _logged_steps(path: Path) -> list[int]:
+    """The steps of a CSV scalar log's complete rows (one may be half-written while it runs)."""
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    return [int(line.split(",")[0]) for line in lines if line.endswith("\n")]
+
+
+def _kill_9_once_logged_past_a_checkpoint(cmd: list[str], run_root: Path) -> tuple[Path, int]:
+    """Starts ``cmd`` and kills it (SIGKILL: nothing written at exit) once it has logged rows
+    past its last checkpoint; its run directory and the frames of that checkpoint."""
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -148,18 +156,33 @@ def _stop_after_first_checkpoint(cmd: list[str], run_root: Path) -> Path:
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if list(run_root.rglob("latest_checkpoint.txt")):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        pointers = list(run_root.rglob("latest_checkpoint.txt"))
+        if pointers:
+            run_dir = pointers[0].parent
+            rate_log = run_dir / "logs" / "train" / "scalars" / "time" / "frames_per_s.csv"
+            checkpoint_frames = int(pointers[0].read_text().strip()[len("frames_") : -len(".pt")])
+            if any(step > checkpoint_frames for step in _logged_steps(rate_log)):
+                break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
     (run_dir,) = _run_dirs(run_root)
-    return run_dir
+    checkpoint = (run_dir / "latest_checkpoint.txt").read_text().strip()
+    return run_dir, torch.load(run_dir / "checkpoints" / checkpoint, weights_only=True)["frames"]
+
+
+def _assert_logged_steps_are_unique(run_dir: Path) -> None:
+    logs = sorted((run_dir / "logs").rglob("*.csv"))
+    assert logs
+    for path in logs:
+        steps = _logged_steps(path)
+        assert steps == sorted(set(steps)), (path, steps)
 
 
 def test_resume_with_the_run_directory_alone_continues_a_preset_run(tmp_path: Path) -> None:
     # A quick-preset run (Pendulum, 128 x 128: not the script's Hopper-v4, 256 x 256 defaults),
-    # cut short: budget, updates and evaluation shrunk to keep the test short.
+    # cut short: budget, updates and evaluation shrunk to keep the test short. Killed after its
+    # checkpoint at 800 frames, once it has logged further batches.
     started_with = [
         "preset=quick",
         "collector.total_frames=1600",
@@ -167,15 +190,17 @@ def test_resume_with_the_run_directory_alone_continues_a_preset_run(tmp_path: Pa
         "optim.utd_ratio=0.05",
         "eval.interval_frames=400",
         "eval.episodes=1",
-        "checkpoint.interval_frames=200",
+        "checkpoint.interval_frames=800",
         "threads=1",
         "progress_bar=false",
     ]
     script = str(ROOT / "examples" / "hmc_sac.py")
-    run_dir = _stop_after_first_checkpoint(
+    run_dir, killed_at = _kill_9_once_logged_past_a_checkpoint(
         [sys.executable, script, *started_with, f"run_root={tmp_path}"], tmp_path
     )
     assert not (run_dir / "summary.json").exists()
+    rate_log = run_dir / "logs" / "train" / "scalars" / "time" / "frames_per_s.csv"
+    assert killed_at == 800 and max(_logged_steps(rate_log)) > killed_at
 
     # resume=<run dir> and nothing else: the run's own configuration goes on.
     _run("hmc_sac.py", f"resume={run_dir}", run_root=tmp_path)
@@ -184,6 +209,10 @@ def test_resume_with_the_run_directory_alone_continues_a_preset_run(tmp_path: Pa
     assert summary["env"] == "Pendulum-v1" and summary["frames"] == 1600
     frames = [h["frames"] for h in summary["eval_history"]]
     assert frames == [400, 800, 1200, 1600]
+    # The rows logged after the checkpoint were dropped and logged again: each step once.
+    _assert_logged_steps_are_unique(run_dir)
+    assert _logged_steps(rate_log) == list(range(200, 1601, 200))
+    assert "dropped" in (run_dir / "train.log").read_text()
     final = torch.load(run_dir / "checkpoints" / "frames_000000001600.pt", weights_only=True)
     policy_in = final["method"]["loss"]["actor.policy.module.0.module.0.0.weight"]
     assert policy_in.shape == (128, 3)  # the preset's network, Pendulum's observation
@@ -194,6 +223,8 @@ def test_resume_with_the_run_directory_alone_continues_a_preset_run(tmp_path: Pa
     assert "resume: collector.total_frames 1600 -> 2000" in (run_dir / "train.log").read_text()
     saved = (run_dir / "config.yaml").read_text()
     assert "total_frames: 2000" in saved and "resume: null" in saved
+    _assert_logged_steps_are_unique(run_dir)
+    assert _logged_steps(rate_log) == list(range(200, 2001, 200))
 
     # What the run is cannot change: exit 2, the key named, the run left as it was.
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
@@ -232,6 +263,34 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path: Path)
     assert "no checkpoint of" in out and "can be read" in out
     assert "frames_000000000600.pt (EOFError" in out and "frames_000000000400.pt" in out
     assert "Traceback" not in out
+
+
+def test_progress_bar_shows_known_values_only_and_log_lines_print_above_it(
+    tmp_path: Path,
+) -> None:
+    # The bar on stderr and the logs on stdout, into one pipe as on a terminal.
+    cmd = [sys.executable, str(ROOT / "examples" / "hmc_sac.py"), *SMOKE, "env=Pendulum-v1"]
+    proc = subprocess.run(
+        [*cmd, "progress_bar=true", f"run_root={tmp_path}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout
+    assert "frames/s" in out and "eval=-" in out and "beta=0." in out  # the bar ran
+    assert "nan" not in out  # no value before it is known
+    # A log line starts where a cleared bar was (tqdm.write), never after the bar's text: the
+    # segment after the line's last carriage return is the message alone.
+    # TorchRL's own coloured handler (green prefix) and ours (through the root logger):
+    messages = {"Initialized LazyTensorStorage": "\x1b[92m", "eval return": "frames "}
+    for message, start in messages.items():
+        lines = [line for line in out.split("\n") if message in line]
+        assert lines, message
+        for line in lines:
+            assert line.split("\r")[-1].startswith(start), line
 
 
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:

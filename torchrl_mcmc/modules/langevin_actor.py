@@ -236,6 +236,11 @@ class LangevinFlowActor(MCMCActorBase):
             if not (ok and (value > 0 if strict else value >= 0)):
                 bound = "> 0" if strict else ">= 0"
                 raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}.")
+        if not torch.tensor(float(beta)).reciprocal().isfinite():
+            # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
+            raise ValueError(
+                f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
+            )
 
         action_dim = action_spec.shape[-1]
         if flow is None:
