@@ -327,7 +327,10 @@ def _setup_file_logging(run_dir: Path) -> None:
 
 
 def provenance() -> dict[str, Any]:
-    """Git commit (and whether the tree was dirty), date and CPU of this run (BENCHMARKS.md)."""
+    """Git commit (and whether the tree was dirty), date and CPU of this run.
+
+    What every result records (docs/benchmarks.md).
+    """
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:

@@ -1,6 +1,6 @@
 """``HMCActor``: a TorchRL stochastic actor whose action is refined by Hamiltonian dynamics.
 
-Paper §3.2, §4.2, Algorithms 1–2; DESIGN §1.1.
+Paper §3.2, §4.2, Algorithms 1–2; docs/method.md §1.1.
 """
 
 from __future__ import annotations
@@ -71,10 +71,6 @@ class HMCSample(NamedTuple):
     prior_scale: Tensor | None
     divergent: Tensor
 
-    def select(self, mask: Tensor) -> HMCSample:
-        """The samples where ``mask`` is ``True``."""
-        return HMCSample(*(None if t is None else t[mask] for t in self))
-
 
 def _gaussian_params(dist: D.Distribution) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of a policy distribution in the unsquashed space."""
@@ -132,8 +128,8 @@ class HMCActor(MCMCActorBase):
         action_spec: the environment's action spec; must be :class:`~torchrl.data.Bounded`
             with finite bounds. Defaults to ``policy.spec[action_key]``.
         num_steps: ``K >= 0`` leapfrog steps (paper: 5). ``0`` is the plain policy.
-        step_size: initial per-dimension step size ``> 0``. The default ``0.05`` is the
-            starting point of our Pendulum trial runs (DESIGN §1.4); the step sizes are learned.
+        step_size: initial per-dimension step size ``> 0``. The default ``0.05`` is a small,
+            safe start in the unsquashed space; the step sizes are learned.
         gated: use the gated gradient of eqs. 18–19 (``False``: plain leapfrog, eq. 13).
         gate_hidden: hidden width of the gate nets (paper: 8 or 16).
         gate_state_key: key of a flat state feature the gates read (``None``: gates ignore the

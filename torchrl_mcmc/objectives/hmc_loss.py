@@ -1,6 +1,6 @@
 """``HMCLoss``: objective (17) for an :class:`~torchrl_mcmc.HMCActor`, with twin critics.
 
-Paper eqs. 11, 15–17 and §4.1; DESIGN §1.1, §1.3, §1.4.
+Paper eqs. 11, 15–17 and §4.1; docs/method.md §1.1, §1.3, §1.4.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``LangevinFlowLoss``: objective (10) for a :class:`~torchrl_mcmc.LangevinFlowActor`, TD3-style.
 
-Paper eqs. 10–11 and §4.1; DESIGN §1.2, §1.3.
+Paper eqs. 10–11 and §4.1; docs/method.md §1.2, §1.3.
 """
 
 from __future__ import annotations
