@@ -1,8 +1,8 @@
 """The Langevin flow of the deterministic method: coupling layers that ascend a potential.
 
 Paper §3.1, eqs. 6–9; docs/method.md §1.2. Free of TorchRL: a layer moves a batch of points
-``x`` (the unsquashed actions ``u``) with the gradient of a potential ``U`` it is handed and small networks
-of the other half of ``x`` and an optional context (the state).
+``x`` (the unsquashed actions ``u``) with the gradient of a potential ``U`` it is handed and
+small networks of the other half of ``x`` and an optional context (the state).
 
 Conventions. ``U`` is an *objective*, to be maximised (eq. 6: ``U = Q / beta - ||a - pi_t(s)||``),
 so the Langevin term climbs it. One coupling layer with binary mask ``m`` (``mbar = 1 - m``) is
