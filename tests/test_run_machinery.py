@@ -139,7 +139,8 @@ def test_collector_workers_act_with_the_current_critic() -> None:
 #: (names, or a count for a list). Runs in progress resume from checkpoints written with these
 #: layouts, so a change here breaks their ``resume=``.
 CHECKPOINT_LAYOUTS = {
-    "hmc_sac": (HMCSAC, ["loss", "optimizers", "pid"], ["policy", "hmc", "critic"]),
+    # The default (entropy prior): alpha is trained, the PID entry is None.
+    "hmc_sac": (HMCSAC, ["loss", "optimizers", "pid"], ["policy", "hmc", "critic", "alpha"]),
     "sac": (SAC, ["loss", "optimizers"], ["actor", "critic", "alpha"]),
     "td3": (TD3, ["loss", "optim_actor", "optim_critic", "steps"], None),
     "ld_td3": (LDTD3, ["loss", "optimizers", "pid", "steps"], 3),
