@@ -62,8 +62,11 @@ import functools
 import json
 import logging
 import math
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -573,7 +576,8 @@ def compiled_configurations(modes: list[str]) -> dict[str, Configuration]:
 # ------------------------------------------------------------------------------- collection
 #: Acting policies timed in collection: a configuration (its script's ``Method.policy``).
 COLLECTION_POLICIES = ("sac", DEFAULT_CONFIGURATION, "exact_alternating", "td3", "ld_td3")
-COLLECTION_BASELINES = {"ld_td3": "td3"}  # every other policy against SAC's
+#: The policy each one's frames/s is divided by (the rest: SAC's; None: no ratio).
+COLLECTION_BASELINES = {"ld_td3": "td3", "td3": None}
 COMPILED = "+compile"
 
 
@@ -595,25 +599,28 @@ def time_collection(
     entries: dict[str, dict[str, Any]] = {}
     iterators = {}
     collectors = []
-    for name in names:
-        for compile_policy in (False, True) if compiled else (False,):
-            key = name + (COMPILED if compile_policy else "")
-            variant = build_variant(name, HEADLINE_K, device, protocol)
-            cfg = variant.cfg.copy()
-            cfg.collector.frames_per_batch = frames_per_batch
-            cfg.collector.total_frames = 10**12  # stopped by this loop
-            cfg.collector.init_random_frames = 0
-            cfg.collector.num_workers = 1
-            cfg.collector.compile_policy = compile_policy
-            start = time.perf_counter()
-            collector = make_collector(cfg, variant.method.policy, device, seed=len(collectors))
-            iterator = iter(collector)
-            next(iterator)
-            next(iterator)
-            entries[key] = {"warmup_s": time.perf_counter() - start}
-            collectors.append(collector)
-            iterators[key] = iterator
-            logger.info("collection warm-up of %s: %.1f s", key, entries[key]["warmup_s"])
+    # The default's compiled collector first: its warm-up is then not shortened by kernels
+    # that another policy's compile left in the compiler's caches.
+    order = sorted(names, key=lambda n: n != DEFAULT_CONFIGURATION)
+    builds = [(n, True) for n in order if compiled] + [(n, False) for n in order]
+    for name, compile_policy in builds:
+        key = name + (COMPILED if compile_policy else "")
+        variant = build_variant(name, HEADLINE_K, device, protocol)
+        cfg = variant.cfg.copy()
+        cfg.collector.frames_per_batch = frames_per_batch
+        cfg.collector.total_frames = 10**12  # stopped by this loop
+        cfg.collector.init_random_frames = 0
+        cfg.collector.num_workers = 1
+        cfg.collector.compile_policy = compile_policy
+        start = time.perf_counter()
+        collector = make_collector(cfg, variant.method.policy, device, seed=len(collectors))
+        iterator = iter(collector)
+        next(iterator)
+        next(iterator)
+        entries[key] = {"warmup_s": time.perf_counter() - start}
+        collectors.append(collector)
+        iterators[key] = iterator
+        logger.info("collection warm-up of %s: %.1f s", key, entries[key]["warmup_s"])
     rounds = max(1, math.ceil(frames / frames_per_batch))
     seconds = dict.fromkeys(iterators, 0.0)
     counted = dict.fromkeys(iterators, 0)
@@ -642,7 +649,7 @@ def time_collection(
     ratios = {}
     for name in names:
         base = COLLECTION_BASELINES.get(name, "sac")
-        if name == base or base not in names:
+        if base is None or name == base or base not in names:
             continue
         for suffix, base_suffix in (("", ""), (COMPILED, COMPILED), (COMPILED, "")):
             if name + suffix in entries and base + base_suffix in entries:
@@ -766,6 +773,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also collect with collector.compile_policy=true",
+    )
+    parser.add_argument(
+        "--fresh-compile-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile into empty compiler caches (the compile warm-up of a first run)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -935,6 +948,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.fresh_compile_cache:
+        # Read when the first compile happens: every compile of this run starts cold.
+        fresh = Path(tempfile.mkdtemp(prefix="update_speed_compile_"))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(fresh / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(fresh / "triton")
     if args.updates < 200:
         logger.warning("--updates %d < 200: below the protocol's minimum.", args.updates)
     protocol = {**PROTOCOL, "network.hidden": args.hidden, "replay.batch_size": args.batch_size}
@@ -951,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
             "compile_critic_loss": args.compile_critic_loss,
             "collection_policies": None if args.skip_collection else args.collection_policies,
             "compile_collection": args.compile_collection,
+            "fresh_compile_cache": args.fresh_compile_cache,
             "collection_frames": args.collection_frames,
             "seed": args.seed,
             "timed": "the script's Method.update(batch), as the training loop calls it; "
@@ -1026,6 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     result.write(status="complete")
+    if args.fresh_compile_cache:
+        shutil.rmtree(fresh, ignore_errors=True)
     print(format_table(update, collection))
     return 0
 
