@@ -1,4 +1,4 @@
-"""Sample-efficiency benchmark (BENCHMARKS.md §3): run a tier's grid, then aggregate it.
+"""Sample-efficiency benchmark (docs/benchmarks.md §3): run a tier's grid, then aggregate it.
 
     python benchmarks/learning.py run --tier Q              # runs what is not finished yet
     python benchmarks/learning.py run --tier M --methods sac hmc_sac --seeds 0
@@ -94,7 +94,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-#: BENCHMARKS.md §3. Tier Q uses the quick preset's data schedule (the only way 20 runs fit
+#: docs/benchmarks.md §3. Tier Q uses the quick preset's data schedule (the only way 20 runs fit
 #: in about an hour of 2 CPU cores); M and L use the paper-scale defaults. Tier Q evaluates
 #: every 1k frames, so that its final score (13k-15k) measures the end and its area under the
 #: curve the speed of learning.
@@ -121,9 +121,9 @@ _QUICK_5K = dataclasses.replace(
 )
 TIERS = {
     "Q": _QUICK,
-    # BENCHMARKS.md §3 ablations: which part of HMC-SAC earns what, at the 5k spacing.
+    # docs/benchmarks.md §3 ablations: which part of HMC-SAC earns what, at the 5k spacing.
     "QA": dataclasses.replace(_QUICK_5K, seeds=(0, 1, 2), methods=("sac", "hmc_sac", *VARIANTS)),
-    # Where a gap exists by design (DESIGN §1.4): tier Q with *linear* policies (critics
+    # Where a gap exists by design (docs/method.md §1.4): tier Q with *linear* policies (critics
     # unchanged), the RL counterpart of the mechanism benchmark. Same networks for method and
     # baseline: SAC gets the same linear policy the HMC chain starts from.
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
@@ -155,7 +155,7 @@ TIERS = {
         envs=("Hopper-v4", "HalfCheetah-v4", "Ant-v4"),
         frames=500_000,
         seeds=(0, 1, 2, 3, 4),
-        methods=("sac", "hmc_sac", "td3", "ld_td3"),
+        methods=("sac", "hmc_sac", "bon_sac", "td3", "ld_td3"),
         eval_interval=10_000,
     ),
 }
@@ -195,7 +195,7 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
         "eval.episodes=10",
         "progress_bar=false",
         f"hydra.run.dir={directory}",
-        # One thread per run (BENCHMARKS.md): runs go two at a time on two cores, and a
+        # One thread per run (docs/benchmarks.md): runs go two at a time on two cores, and a
         # second OpenMP thread per run oversubscribes them (spin-waits cost ~10x per update).
         *(() if any(a.startswith("threads=") for a in extra) else ("threads=1",)),
         *extra,

@@ -11,7 +11,6 @@ spent on selection. A gain of HMC-SAC is credited to the chain only above this.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -21,42 +20,25 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
 
-from examples.experiment import LossMethod, adam_for_actor_and_critics, run
+from examples.experiment import run
+from examples.sac import SAC, sac_loss_kwargs
 from examples.utils import make_critic, make_stochastic_policy
 from torchrl_mcmc import BestOfNActor, BestOfNSACLoss
 
 
-class BestOfNSAC(LossMethod):
-    """BestOfNActor + BestOfNSACLoss (TorchRL SAC v2 with the best-of-N target)."""
+class BestOfNSAC(SAC):
+    """BestOfNActor + BestOfNSACLoss: SAC's update, with the best-of-N target and acting."""
 
-    def __init__(self, cfg: DictConfig, env, device: torch.device) -> None:
-        self.actor = BestOfNActor(
+    def make_loss(
+        self, cfg: DictConfig, env, device: torch.device
+    ) -> tuple[BestOfNSACLoss, BestOfNActor]:
+        actor = BestOfNActor(
             make_stochastic_policy(cfg, env),
             make_critic(cfg, env),
             num_samples=cfg.bon.num_samples,
         ).to(device)
-        loss = BestOfNSACLoss(
-            self.actor,
-            num_qvalue_nets=2,
-            loss_function=cfg.optim.loss_function,
-            alpha_init=cfg.sac.alpha_init,
-            fixed_alpha=cfg.sac.fixed_alpha,
-            delay_qvalue=True,
-            action_spec=env.action_spec,
-        ).to(device)
-        optimizers = adam_for_actor_and_critics(loss, cfg.optim.lr)
-        if not cfg.sac.fixed_alpha:
-            optimizers["alpha"] = torch.optim.Adam([loss.log_alpha], lr=cfg.optim.lr)
-        super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
-
-    def update(self, batch) -> dict[str, float]:
-        out = self.loss(batch)
-        self._step(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"])
-        self.target_updater.step()
-        return {k: v.item() for k, v in out.items() if v.numel() == 1}
-
-    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        return {"alpha": math.exp(self.loss.log_alpha.item())}
+        loss = BestOfNSACLoss(actor, **sac_loss_kwargs(cfg, env))
+        return loss.to(device), actor
 
 
 @hydra.main(config_path="config", config_name="bon_sac", version_base="1.3")

@@ -9,6 +9,7 @@ logging, collection, replay, evaluation in deterministic mode, learning-curve PN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,21 +23,31 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from tensordict import TensorDictBase
 from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.record.loggers import get_logger
+from torchrl.record.loggers.csv import CSVLogger
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from examples.config_rules import (
+    ResumedConfig,
+    leaves,
+    requested_keys,
+    resume_config,
+    validate_config,
+)
 from examples.utils import (
     ConfigError,
     make_collector,
@@ -45,15 +56,12 @@ from examples.utils import (
     resolve_device,
     set_seeds,
     set_threads,
-    validate_config,
 )
 from torchrl_mcmc import PIDController
 
 logger = logging.getLogger("torchrl_mcmc.examples")
 
 CHECKPOINT_POINTER = "latest_checkpoint.txt"
-#: Config entries that must match for ``resume=`` to continue a run.
-_RESUME_INVARIANTS = ("method", "env.name", "network", "seed")
 
 
 class Method(Protocol):
@@ -207,6 +215,13 @@ def _hydra_output_dir() -> Path | None:
     return None
 
 
+def _hydra_config() -> DictConfig | None:
+    """The running Hydra job's own configuration (``hydra.*``), if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
 def _remove_if_fresh(path: Path | None) -> None:
     """Removes a run directory this process created but never wrote a checkpoint into."""
     if path is None or not path.exists():
@@ -216,33 +231,91 @@ def _remove_if_fresh(path: Path | None) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _check_resumable(cfg: DictConfig) -> tuple[Path, DictConfig]:
+@dataclass
+class RunPlan:
+    """A checked configuration: what :func:`plan_run` returns."""
+
+    #: The configuration the run uses (for a resume: the run's own, see :func:`resume_config`).
+    cfg: DictConfig
+    #: The run directory to continue (``resume=``); ``None`` for a new run.
+    resume_dir: Path | None = None
+    #: For a resume: what changed from the run's saved configuration, and what was filled in.
+    resumed: ResumedConfig | None = None
+
+
+def plan_run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> RunPlan:
+    """Everything about a run that the user's input decides, checked before anything exists.
+
+    Every value of ``cfg`` (:func:`~examples.config_rules.validate_config`), and for
+    ``resume=<run dir>`` the run itself: its directory, its checkpoint, and the configuration
+    it continues with, its own ``config.yaml`` changed only where the command line may change
+    it (:func:`~examples.config_rules.resume_config`). Raises :class:`ConfigError`.
+
+    Args:
+        cfg: the configuration as composed (without Hydra's own ``hydra`` node).
+        hydra_cfg: Hydra's ``hydra`` node, which tells what the command line set and the
+            script's configuration name. Without it (a direct call), every key of ``cfg`` counts
+            as set, and ``cfg`` fills in what the run's configuration lacks.
+    """
+    validate_config(cfg)
+    if not cfg.resume:
+        return RunPlan(cfg)
     run_dir = Path(cfg.resume).expanduser().resolve()
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         raise ConfigError(f"resume={cfg.resume!r}: no run there ({saved_path} is missing).")
     if not (run_dir / CHECKPOINT_POINTER).exists():
         raise ConfigError(f"resume={cfg.resume!r}: the run has no checkpoint yet.")
-    saved = OmegaConf.load(saved_path)
-    for key in _RESUME_INVARIANTS:
-        old, new = (
-            _unset_dropped(OmegaConf.select(saved, key)),
-            _unset_dropped(OmegaConf.select(cfg, key)),
-        )
-        if old != new:
-            raise ConfigError(f"resume={cfg.resume!r} is incompatible: {key} was {old}, now {new}.")
-    # Continue with the saved configuration; only the frame budget may grow.
-    saved.collector.total_frames = max(saved.collector.total_frames, cfg.collector.total_frames)
-    saved.resume = str(run_dir)
-    return run_dir, saved
+    if hydra_cfg is not None:
+        from hydra import compose
+
+        defaults = compose(hydra_cfg.job.config_name)
+        keys = requested_keys(cfg, hydra_cfg, defaults)
+    else:
+        defaults, keys = cfg, set(leaves(cfg))
+    try:
+        resumed = resume_config(OmegaConf.load(saved_path), cfg, defaults, keys)
+        validate_config(resumed.cfg)
+    except ConfigError as err:
+        raise ConfigError(f"resume={cfg.resume!r}: {err}") from None
+    resumed.cfg.resume = str(run_dir)
+    return RunPlan(resumed.cfg, run_dir, resumed)
 
 
-def _unset_dropped(value: Any) -> Any:
-    """A config section without its null entries: a key added later with a null default
-    (e.g. ``network.policy_hidden``) leaves runs saved before it resumable."""
-    if isinstance(value, DictConfig):
-        return {k: v for k, v in OmegaConf.to_container(value).items() if v is not None}
-    return value
+class Preflight(Callback):
+    """Checks a run's configuration before Hydra creates its run directory (``common.yaml``
+    registers it under ``hydra.callbacks``).
+
+    Hydra creates the output directory, parents and all, before the script runs, and which of
+    those folders were there before is unknowable afterwards; so :func:`plan_run` runs here
+    first, and a bad configuration exits with status 2 leaving nothing on disk. A resume is
+    pointed at its own run directory, so no new one is made for it either. (Multirun jobs skip
+    this; :func:`run` checks them and removes the job's directory.)
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            plan = plan_run(task_cfg, config.hydra)
+        except ConfigError as err:
+            logger.error("configuration error: %s", err)
+            sys.exit(2)
+        if plan.resume_dir is not None:
+            with read_write(config.hydra.run), open_dict(config.hydra.run):
+                config.hydra.run.dir = str(plan.resume_dir)
+
+
+def _record_resume(run_dir: Path, resumed: ResumedConfig) -> None:
+    """Logs what a resume changed in the run's configuration, and writes the result to its
+    ``config.yaml``, so that the next plain ``resume=<run dir>`` continues with it (a larger
+    budget, say)."""
+    for key, default in resumed.filled.items():
+        logger.info("resume: config.yaml has no %s; the script's default %r applies", key, default)
+    for key, (old, new) in resumed.changed.items():
+        logger.info("resume: %s %r -> %r", key, old, new)
+    if resumed.filled or resumed.changed:
+        saved = OmegaConf.merge(resumed.cfg, {"resume": None})
+        _atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(saved).encode()))
 
 
 def _setup_file_logging(run_dir: Path) -> None:
@@ -335,7 +408,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path
     ckpt_dir.mkdir(exist_ok=True)
     path = ckpt_dir / f"frames_{state['frames']:012d}.pt"
     _atomic_write(path, lambda f: torch.save(state, f))
-    _atomic_write(run_dir / CHECKPOINT_POINTER, lambda f: f.write(path.name.encode()))
+    _point_to(run_dir, path)
     for old in sorted(ckpt_dir.glob("frames_*.pt"))[:-keep]:
         old.unlink()
     return path
@@ -353,9 +426,54 @@ def _atomic_write(path: Path, write: Callable) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read."""
+
+
+#: Suffix given to a checkpoint file found unreadable, so that rotation never keeps it in place
+#: of an intact one (and it stays there to be looked at).
+UNREADABLE_SUFFIX = ".unreadable"
+
+
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    name = (run_dir / CHECKPOINT_POINTER).read_text().strip()
-    return torch.load(run_dir / "checkpoints" / name, weights_only=True)
+    """The newest intact checkpoint of ``run_dir`` (``torch.load(weights_only=True)``).
+
+    The pointer names the newest; if that file cannot be read (a truncated copy, a damaged
+    disk: ``torch.load`` fails), a warning names it and the other checkpoints are tried, newest
+    first (``checkpoint.keep`` > 1 keeps older ones for this). Each unreadable file is renamed with
+    :data:`UNREADABLE_SUFFIX` and the pointer set to the one loaded. Raises
+    :class:`CheckpointError` naming every file tried when none can be read.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    newest = ckpt_dir / (run_dir / CHECKPOINT_POINTER).read_text().strip()
+    others = sorted((p for p in ckpt_dir.glob("frames_*.pt") if p != newest), reverse=True)
+    candidates, failures = [newest, *others], []
+    for index, path in enumerate(candidates):
+        try:
+            state = torch.load(path, weights_only=True)
+        # A damaged file fails in many ways (a truncated zip: RuntimeError; an empty file:
+        # EOFError; other bytes: UnpicklingError, KeyError...): any failure to read it is one.
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}".strip(": ")
+            failures.append(f"{path.name} ({reason})")
+            logger.warning("checkpoint %s is unreadable (%s); trying the next newest", path, reason)
+            continue
+        if failures:
+            for unreadable in candidates[:index]:
+                if unreadable.exists():
+                    unreadable.rename(unreadable.with_name(unreadable.name + UNREADABLE_SUFFIX))
+            _point_to(run_dir, path)
+            logger.warning("resuming from the older checkpoint %s", path)
+        return state
+    raise CheckpointError(
+        f"no checkpoint of {run_dir} can be read: {'; '.join(failures)}. The run cannot "
+        "continue; start a new one."
+    )
+
+
+def _point_to(run_dir: Path, checkpoint: Path) -> None:
+    """Names ``checkpoint`` in the run's pointer file, atomically."""
+    _atomic_write(run_dir / CHECKPOINT_POINTER, lambda f: f.write(checkpoint.name.encode()))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -452,26 +570,36 @@ class _Progress:
 
 
 def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device], Method]) -> int:
-    """Trains one run end to end; returns a process exit code (0 ok, 2 bad config, 128 + N
-    stopped by signal N after writing a checkpoint)."""
+    """Trains one run end to end; returns a process exit code (0 ok, 2 bad input: a bad config
+    value, or a ``resume=`` that cannot continue; 128 + N stopped by signal N after writing a
+    checkpoint)."""
     fresh_dir = _hydra_output_dir()
     try:
-        validate_config(cfg)
-        if cfg.resume:
-            run_dir, cfg = _check_resumable(cfg)
-            if fresh_dir is not None and fresh_dir != run_dir:
-                _remove_if_fresh(fresh_dir)
-        else:
-            run_dir = fresh_dir or Path(cfg.run_root).resolve() / time.strftime("%Y%m%d-%H%M%S")
+        plan = plan_run(cfg, _hydra_config())
     except ConfigError as err:
         logger.error("configuration error: %s", err)
         _remove_if_fresh(fresh_dir)
         return 2
+    cfg = plan.cfg
+    if plan.resume_dir is not None:
+        run_dir = plan.resume_dir
+        if fresh_dir is not None and fresh_dir != run_dir:
+            _remove_if_fresh(fresh_dir)  # a multirun job's (Preflight redirects a single run's)
+    else:
+        run_dir = fresh_dir or Path(cfg.run_root).resolve() / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_file_logging(run_dir)
-    if not cfg.resume:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     logger.info("run directory: %s", run_dir)
+    state = None
+    if plan.resumed is None:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    else:
+        try:
+            state = load_checkpoint(run_dir)
+        except CheckpointError as err:
+            logger.error("%s", err)
+            return 2
+        _record_resume(run_dir, plan.resumed)
 
     set_threads(cfg.threads)
     set_seeds(cfg.seed)
@@ -484,14 +612,15 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         next_eval=cfg.eval.interval_frames, next_checkpoint=cfg.checkpoint.interval_frames
     )
     logger_state = None
-    if cfg.resume:
-        state = load_checkpoint(run_dir)
+    if state is not None:
         method.load_state_dict(state["method"])
         if state.get("replay") is not None:
             buffer.load_state_dict(state["replay"])
         _set_rng_state(state["rng"])
         progress = _Progress(**state["progress"])
-        logger_state = state.get("logger")
+        # New logger settings start a new logger; the saved state belongs to the old one.
+        if not any(key.startswith("logger.") for key in plan.resumed.changed):
+            logger_state = state.get("logger")
         logger.info("resumed at %d frames, %d updates", progress.frames, progress.updates)
     exp_logger = get_logger(
         cfg.logger.backend,
@@ -504,6 +633,9 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
             else {}
         ),
     )
+    if state is not None and isinstance(exp_logger, CSVLogger):
+        # The run logged past its checkpoint before it stopped; it logs those steps again now.
+        _drop_logged_rows_after(Path(exp_logger.experiment.log_dir) / "scalars", progress.frames)
 
     remaining = cfg.collector.total_frames - progress.frames
     if remaining <= 0:
@@ -537,8 +669,8 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         unit="frames",
         dynamic_ncols=True,
     )
-    last = {"eval": float("nan"), "beta": float("nan")}
-    with _StopRequests() as stop:
+    last: dict[str, float] = {}  # the bar shows a value once there is one
+    with _StopRequests() as stop, _console_logs_above(bar):
         for batch in collector:
             frames = batch.numel()
             progress.frames += frames
@@ -560,7 +692,8 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
                     scalars[f"train/{key}"] = float(np.mean([m[key] for m in metrics if key in m]))
                 for key, value in method.end_iteration(metrics).items():
                     scalars[f"train/{key}"] = value
-                last["beta"] = scalars.get("train/beta", last["beta"])
+                if "train/beta" in scalars:
+                    last["beta"] = scalars["train/beta"]
             collector.update_policy_weights_()
 
             if (
@@ -581,7 +714,7 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
                 for key, value in scalars.items():
                     exp_logger.log_scalar(key, value, step=progress.frames)
             bar.update(frames)
-            bar.set_postfix(eval=f"{last['eval']:.1f}", beta=f"{last['beta']:.3g}", refresh=False)
+            bar.set_postfix(_bar_postfix(last), refresh=False)
             if progress.frames >= progress.next_checkpoint:
                 progress.next_checkpoint += cfg.checkpoint.interval_frames
                 checkpoint()
@@ -599,6 +732,57 @@ def run(cfg: DictConfig, build_method: Callable[[DictConfig, Any, torch.device],
         record_video(method.policy, cfg, run_dir / "episode.gif")
     _write_summary(cfg, run_dir, progress)
     return 0
+
+
+def _drop_logged_rows_after(scalars_dir: Path, step: int) -> None:
+    """Removes from a CSV logger's scalar files (``<name>.csv``, rows ``step,value``) every row
+    past ``step``, the checkpoint a run resumes from, and a last row cut short by a kill; each
+    file is rewritten atomically. The resumed run logs those steps again: without this they
+    would appear twice."""
+    for path in sorted(scalars_dir.rglob("*.csv")):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.endswith("\n") and not _logged_after(line, step)]
+        if len(kept) < len(lines):
+            _atomic_write(path, lambda f, rows=kept: f.write("".join(rows).encode()))
+            logger.info(
+                "resume: %s: dropped %d rows logged after frame %d",
+                path.relative_to(scalars_dir),
+                len(lines) - len(kept),
+                step,
+            )
+
+
+def _logged_after(line: str, step: int) -> bool:
+    try:
+        return int(line.split(",", 1)[0]) > step
+    except ValueError:
+        return False  # not a row the logger wrote: left alone
+
+
+@contextlib.contextmanager
+def _console_logs_above(bar: tqdm) -> Iterator[None]:
+    """While ``bar`` shows, console log lines (ours through the root logger, and TorchRL's own
+    coloured handler, which does not propagate) are written above it with ``tqdm.write``
+    instead of into its line. Loggers without a console handler are left as they are."""
+    if bar.disable:
+        yield
+        return
+    loggers = [
+        log
+        for log in (logging.getLogger(), logging.getLogger("torchrl"))
+        if any(
+            isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+            for h in log.handlers
+        )
+    ]
+    with logging_redirect_tqdm(loggers=loggers, tqdm_class=type(bar)):
+        yield
+
+
+def _bar_postfix(last: dict[str, float]) -> dict[str, str]:
+    """The last evaluation return and beta, for those known so far."""
+    formats = {"eval": ".1f", "beta": ".3g"}
+    return {key: format(last[key], spec) for key, spec in formats.items() if key in last}
 
 
 def _title(cfg: DictConfig) -> str:

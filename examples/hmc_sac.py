@@ -69,7 +69,7 @@ class HMCSAC(LossMethod):
         self.updates = 0
 
     def begin_iteration(self) -> None:
-        # theta_t <- theta once per policy iteration (DESIGN §1.1), never per SGD step.
+        # theta_t <- theta once per policy iteration (docs/method.md §1.1), never per SGD step.
         self.loss.refresh_prior()
 
     def update(self, batch) -> dict[str, float]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig
+from torch import nn
 from torchrl.objectives import SACLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
@@ -25,22 +26,17 @@ class SAC(LossMethod):
     """TorchRL SAC (v2: twin Q, no V network), automatic or fixed entropy coefficient."""
 
     def __init__(self, cfg: DictConfig, env, device: torch.device) -> None:
-        policy = make_stochastic_policy(cfg, env).to(device)
-        loss = SACLoss(
-            policy,
-            make_critic(cfg, env).to(device),
-            num_qvalue_nets=2,
-            loss_function=cfg.optim.loss_function,
-            alpha_init=cfg.sac.alpha_init,
-            fixed_alpha=cfg.sac.fixed_alpha,
-            delay_actor=False,
-            delay_qvalue=True,
-            action_spec=env.action_spec,
-        ).to(device)
+        loss, acting = self.make_loss(cfg, env, device)
         optimizers = adam_for_actor_and_critics(loss, cfg.optim.lr)
         if not cfg.sac.fixed_alpha:
             optimizers["alpha"] = torch.optim.Adam([loss.log_alpha], lr=cfg.optim.lr)
-        super().__init__(cfg, loss, policy=policy, optimizers=optimizers)
+        super().__init__(cfg, loss, policy=acting, optimizers=optimizers)
+
+    def make_loss(self, cfg: DictConfig, env, device: torch.device) -> tuple[SACLoss, nn.Module]:
+        """The loss and the policy that acts (here, SAC's own policy)."""
+        policy = make_stochastic_policy(cfg, env).to(device)
+        loss = SACLoss(policy, make_critic(cfg, env).to(device), **sac_loss_kwargs(cfg, env))
+        return loss.to(device), policy
 
     def update(self, batch) -> dict[str, float]:
         out = self.loss(batch)
@@ -50,6 +46,19 @@ class SAC(LossMethod):
 
     def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
         return {"alpha": math.exp(self.loss.log_alpha.item())}
+
+
+def sac_loss_kwargs(cfg: DictConfig, env) -> dict:
+    """SACLoss's arguments shared by SAC and its best-of-N control."""
+    return {
+        "num_qvalue_nets": 2,
+        "loss_function": cfg.optim.loss_function,
+        "alpha_init": cfg.sac.alpha_init,
+        "fixed_alpha": cfg.sac.fixed_alpha,
+        "delay_actor": False,
+        "delay_qvalue": True,
+        "action_spec": env.action_spec,
+    }
 
 
 @hydra.main(config_path="config", config_name="sac", version_base="1.3")

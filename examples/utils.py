@@ -13,7 +13,6 @@ import logging
 import os
 import time
 
-import gymnasium as gym
 import torch
 from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -55,62 +54,22 @@ KNOWN_ENVS = (
     "Humanoid-v4",
 )
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
+#: ``network.activation``'s choices.
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
 
 
 class ConfigError(ValueError):
-    """A bad configuration value, caught before any work starts."""
+    """A bad configuration value (or ``resume=``), caught before anything is created."""
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; an explicit device must exist."""
+    """``auto`` → CUDA when present, else CPU; any other name as torch spells it.
+
+    ``examples.config_rules`` has checked the name (``device``) before this is called.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda[:N].") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is unavailable: torch sees no CUDA device here.")
-    return device
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Fails fast, before anything is built or written, on values that cannot work."""
-    if cfg.env.name not in gym.registry:
-        raise ConfigError(
-            f"unknown env {cfg.env.name!r}: not a registered Gymnasium id. Known configs: "
-            f"{', '.join(KNOWN_ENVS)} (-v5 ids of these work too, via env.name=...)."
-        )
-    positive = {
-        "collector.total_frames": cfg.collector.total_frames,
-        "collector.frames_per_batch": cfg.collector.frames_per_batch,
-        "collector.num_workers": cfg.collector.num_workers,
-        "replay.batch_size": cfg.replay.batch_size,
-        "replay.size": cfg.replay.size,
-        "eval.episodes": cfg.eval.episodes,
-        "optim.lr": cfg.optim.lr,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value}.")
-    if cfg.collector.init_random_frames < 0:
-        raise ConfigError(
-            f"collector.init_random_frames must be >= 0, got {cfg.collector.init_random_frames}."
-        )
-    if not cfg.optim.utd_ratio > 0:
-        raise ConfigError(f"optim.utd_ratio must be > 0, got {cfg.optim.utd_ratio}.")
-    for key in ("hidden", "policy_hidden"):
-        layers = cfg.network.get(key)
-        if layers is not None and not all(isinstance(w, int) and w > 0 for w in layers):
-            raise ConfigError(
-                f"network.{key} must be a list of positive layer widths, got {layers}."
-            )
-    if "hmc" in cfg and cfg.hmc.num_steps < 0:
-        raise ConfigError(f"hmc.num_steps (K) must be >= 0, got {cfg.hmc.num_steps}.")
-    if "pid" in cfg and not cfg.pid.target > 0:
-        raise ConfigError(f"pid.target must be > 0, got {cfg.pid.target}.")
-    resolve_device(cfg.device)
+    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------- environments
@@ -142,7 +101,7 @@ def _mlp(
         in_features=in_features,
         out_features=out_features,
         num_cells=list(cfg.network.hidden if hidden is None else hidden),
-        activation_class=_ACTIVATIONS[cfg.network.activation],
+        activation_class=ACTIVATIONS[cfg.network.activation],
     )
 
 
@@ -208,12 +167,6 @@ def make_critic(cfg: DictConfig, env: EnvBase) -> ValueOperator:
 
 
 # ---------------------------------------------------------------------------- data
-def _compile_policy(cfg: DictConfig) -> bool:
-    """``collector.compile_policy``, read with ``get``: a run saved before the key existed
-    resumes as it ran, eagerly."""
-    return bool(cfg.collector.get("compile_policy", False))
-
-
 def acting_compiles(policy: nn.Module, cfg: DictConfig, device: torch.device) -> bool:
     """Whether ``torch.compile`` runs ``policy`` here: one compiled call on a reset of the
     task, as a collector makes it (no grad, exploration on), on a copy of the RNG state.
@@ -234,7 +187,7 @@ def acting_compiles(policy: nn.Module, cfg: DictConfig, device: torch.device) ->
             "collector.compile_policy: torch.compile fails on the acting policy (%s: %s); "
             "collecting eagerly.",
             type(err).__name__,
-            str(err).splitlines()[0] if str(err) else "",
+            next(iter(str(err).splitlines()), ""),
         )
         return False
     finally:
@@ -257,7 +210,7 @@ def make_collector(cfg: DictConfig, policy: nn.Module, device: torch.device, see
         "total_frames": cfg.collector.total_frames,
         "init_random_frames": cfg.collector.init_random_frames,
         "auto_register_policy_transforms": False,
-        "compile_policy": _compile_policy(cfg) and acting_compiles(policy, cfg, device),
+        "compile_policy": cfg.collector.compile_policy and acting_compiles(policy, cfg, device),
     }
     if cfg.collector.num_workers == 1:
         env = make_env(cfg, "cpu")

@@ -1,4 +1,4 @@
-"""The amortisation gap closes on a target whose answer we know (DESIGN §1.4, paper eq. 15).
+"""The amortisation gap closes on a target whose answer we know (docs/method.md §1.4, paper eq. 15).
 
 Target: a Gaussian prior ``N(0, I)`` times ``exp(Q/beta)`` with a quadratic ``Q``, so the
 posterior is a Gaussian with correlation 0.95 and ``log Z`` is known in closed form. The base

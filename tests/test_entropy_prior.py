@@ -77,7 +77,7 @@ def test_entropy_prior_objective_is_q_minus_alpha_log_q() -> None:
     loss = _loss({"prior": "uniform"}, alpha_init=0.3)
     batch = make_transitions(OBS, ACT, 32)
     torch.manual_seed(0)
-    out, states, _ = loss._chain(batch, None)
+    out, states, _, _ = loss._chain(batch, None)
     q = loss._qvalues(states, out.action, loss.qvalue_network_params).min(0).values
     # J = Q - alpha log q(aK) - alpha / 2 |rho0|^2 (a term no parameter moves): with
     # -log N(rhoK) = |rhoK|^2 / 2 + d/2 log 2 pi, the normalisers cancel.

@@ -98,6 +98,7 @@ def test_kill_9_then_resume_continues_the_frame_counter(script: str, tmp_path: P
     )
     assert final["frames"] == 1200
     assert final["progress"]["updates"] > state["progress"]["updates"]
+    _assert_logged_steps_are_unique(run_dir)
 
 
 def test_sigterm_writes_a_checkpoint_between_intervals_and_the_run_resumes(
@@ -136,6 +137,160 @@ def test_sigterm_writes_a_checkpoint_between_intervals_and_the_run_resumes(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] == 2000
     assert f"resumed at {stopped_at} frames" in (run_dir / "train.log").read_text()
+
+
+def _logged_steps(path: Path) -> list[int]:
+    """The steps of a CSV scalar log's complete rows (one may be half-written while it runs)."""
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    return [int(line.split(",")[0]) for line in lines if line.endswith("\n")]
+
+
+def _kill_9_once_logged_past_a_checkpoint(cmd: list[str], run_root: Path) -> tuple[Path, int]:
+    """Starts ``cmd`` and kills it (SIGKILL: nothing written at exit) once it has logged rows
+    past its last checkpoint; its run directory and the frames of that checkpoint."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        pointers = list(run_root.rglob("latest_checkpoint.txt"))
+        if pointers:
+            run_dir = pointers[0].parent
+            rate_log = run_dir / "logs" / "train" / "scalars" / "time" / "frames_per_s.csv"
+            checkpoint_frames = int(pointers[0].read_text().strip()[len("frames_") : -len(".pt")])
+            if any(step > checkpoint_frames for step in _logged_steps(rate_log)):
+                break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    (run_dir,) = _run_dirs(run_root)
+    checkpoint = (run_dir / "latest_checkpoint.txt").read_text().strip()
+    return run_dir, torch.load(run_dir / "checkpoints" / checkpoint, weights_only=True)["frames"]
+
+
+def _assert_logged_steps_are_unique(run_dir: Path) -> None:
+    logs = sorted((run_dir / "logs").rglob("*.csv"))
+    assert logs
+    for path in logs:
+        steps = _logged_steps(path)
+        assert steps == sorted(set(steps)), (path, steps)
+
+
+def test_resume_with_the_run_directory_alone_continues_a_preset_run(tmp_path: Path) -> None:
+    # A quick-preset run (Pendulum, 128 x 128: not the script's Hopper-v4, 256 x 256 defaults),
+    # cut short: budget, updates and evaluation shrunk to keep the test short. Killed after its
+    # checkpoint at 800 frames, once it has logged further batches.
+    started_with = [
+        "preset=quick",
+        "collector.total_frames=1600",
+        "collector.init_random_frames=200",
+        "optim.utd_ratio=0.05",
+        "eval.interval_frames=400",
+        "eval.episodes=1",
+        "checkpoint.interval_frames=800",
+        "threads=1",
+        "progress_bar=false",
+    ]
+    script = str(ROOT / "examples" / "hmc_sac.py")
+    run_dir, killed_at = _kill_9_once_logged_past_a_checkpoint(
+        [sys.executable, script, *started_with, f"run_root={tmp_path}"], tmp_path
+    )
+    assert not (run_dir / "summary.json").exists()
+    rate_log = run_dir / "logs" / "train" / "scalars" / "time" / "frames_per_s.csv"
+    assert killed_at == 800 and max(_logged_steps(rate_log)) > killed_at
+
+    # resume=<run dir> and nothing else: the run's own configuration goes on.
+    _run("hmc_sac.py", f"resume={run_dir}", run_root=tmp_path)
+    assert _run_dirs(tmp_path) == [run_dir]  # in place, no new run directory
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env"] == "Pendulum-v1" and summary["frames"] == 1600
+    frames = [h["frames"] for h in summary["eval_history"]]
+    assert frames == [400, 800, 1200, 1600]
+    # The rows logged after the checkpoint were dropped and logged again: each step once.
+    _assert_logged_steps_are_unique(run_dir)
+    assert _logged_steps(rate_log) == list(range(200, 1601, 200))
+    assert "dropped" in (run_dir / "train.log").read_text()
+    final = torch.load(run_dir / "checkpoints" / "frames_000000001600.pt", weights_only=True)
+    policy_in = final["method"]["loss"]["actor.policy.module.0.module.0.0.weight"]
+    assert policy_in.shape == (128, 3)  # the preset's network, Pendulum's observation
+
+    # A larger budget beside it: applied, logged, and kept in the run's config.yaml.
+    _run("hmc_sac.py", f"resume={run_dir}", "collector.total_frames=2000", run_root=tmp_path)
+    assert json.loads((run_dir / "summary.json").read_text())["frames"] == 2000
+    assert "resume: collector.total_frames 1600 -> 2000" in (run_dir / "train.log").read_text()
+    saved = (run_dir / "config.yaml").read_text()
+    assert "total_frames: 2000" in saved and "resume: null" in saved
+    _assert_logged_steps_are_unique(run_dir)
+    assert _logged_steps(rate_log) == list(range(200, 2001, 200))
+
+    # What the run is cannot change: exit 2, the key named, the run left as it was.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    proc = _run(
+        "hmc_sac.py", f"resume={run_dir}", "hmc.num_steps=3", run_root=tmp_path, check=False
+    )
+    assert proc.returncode == 2
+    assert "incompatible: hmc.num_steps was 5, now 3" in proc.stdout + proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path: Path) -> None:
+    overrides = [*SMOKE, "env=Pendulum-v1"]  # checkpoints at 200 and 400 frames (keep: 2)
+    _run("sac.py", *overrides, run_root=tmp_path)
+    (run_dir,) = _run_dirs(tmp_path)
+    newest = run_dir / "checkpoints" / "frames_000000000400.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a failed copy
+
+    _run("sac.py", f"resume={run_dir}", "collector.total_frames=600", run_root=tmp_path)
+    log = (run_dir / "train.log").read_text()
+    assert f"checkpoint {newest} is unreadable" in log
+    assert "failed finding central directory" in log
+    assert "resumed at 200 frames" in log
+    assert json.loads((run_dir / "summary.json").read_text())["frames"] == 600
+    # Set aside for inspection, out of the rotation.
+    assert (newest.parent / (newest.name + ".unreadable")).exists()
+
+    # None intact: a clear error naming the files, exit 2.
+    for path in (run_dir / "checkpoints").glob("frames_*.pt"):
+        path.write_bytes(b"")
+    proc = _run(
+        "sac.py", f"resume={run_dir}", "collector.total_frames=800", run_root=tmp_path, check=False
+    )
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "no checkpoint of" in out and "can be read" in out
+    assert "frames_000000000600.pt (EOFError" in out and "frames_000000000400.pt" in out
+    assert "Traceback" not in out
+
+
+def test_progress_bar_shows_known_values_only_and_log_lines_print_above_it(
+    tmp_path: Path,
+) -> None:
+    # The bar on stderr and the logs on stdout, into one pipe as on a terminal.
+    cmd = [sys.executable, str(ROOT / "examples" / "hmc_sac.py"), *SMOKE, "env=Pendulum-v1"]
+    proc = subprocess.run(
+        [*cmd, "progress_bar=true", f"run_root={tmp_path}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout
+    assert "frames/s" in out and "eval=-" in out and "beta=0." in out  # the bar ran
+    assert "nan" not in out  # no value before it is known
+    # A log line starts where a cleared bar was (tqdm.write), never after the bar's text: the
+    # segment after the line's last carriage return is the message alone.
+    # TorchRL's own coloured handler (green prefix) and ours (through the root logger):
+    messages = {"Initialized LazyTensorStorage": "\x1b[92m", "eval return": "frames "}
+    for message, start in messages.items():
+        lines = [line for line in out.split("\n") if message in line]
+        assert lines, message
+        for line in lines:
+            assert line.split("\r")[-1].startswith(start), line
 
 
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
@@ -177,46 +332,66 @@ def test_two_collector_workers_run(tmp_path: Path) -> None:
     assert json.loads((run_dir / "summary.json").read_text())["frames"] == 400
 
 
+def _tree(root: Path) -> list[Path]:
+    return sorted(root.rglob("*")) if root.exists() else []
+
+
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("script", "overrides", "messages"),
     [
-        (["env.name=NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
-        (["collector.total_frames=0"], "collector.total_frames must be > 0"),
-        (["collector.frames_per_batch=-5"], "collector.frames_per_batch must be > 0"),
-        (["replay.batch_size=0"], "replay.batch_size must be > 0"),
-        (["hmc.num_steps=-1"], "hmc.num_steps (K) must be >= 0"),
-        (["pid.target=0"], "pid.target must be > 0"),
-        (["network.policy_hidden=[0]"], "network.policy_hidden must be a list of positive"),
-        (["resume=/no/such/run"], "no run there"),
-        (["device=cuda:7"], "device='cuda:7' is unavailable"),
+        (
+            "hmc_sac.py",
+            ["hmc.step_size=0", "pid.beta_init=20", "threads=-1", "network.activation=bogus"],
+            [
+                "configuration error: 4 bad values:",
+                "hmc.step_size=0: must be a finite number > 0",
+                "need pid.beta_min <= pid.beta_init <= pid.beta_max",
+                "threads=-1: must be an integer >= 0",
+                "network.activation='bogus': must be one of 'relu', 'tanh', 'elu', 'silu'",
+            ],
+        ),
+        (
+            "ld_td3.py",
+            ["flow.update_mode=bogus"],
+            ["flow.update_mode='bogus': must be one of 'alternating', 'joint'"],
+        ),
+        (
+            "sac.py",
+            ["resume=/no/such/run"],
+            ["resume='/no/such/run': no run there (/no/such/run/config.yaml is missing)"],
+        ),
     ],
 )
-def test_bad_input_fails_fast_and_leaves_no_run_directory(
-    overrides: list[str], message: str, tmp_path: Path
+def test_bad_input_exits_2_and_leaves_nothing_on_disk(
+    script: str, overrides: list[str], messages: list[str], tmp_path: Path
 ) -> None:
-    if overrides == ["device=cuda:7"] and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has a cuda:7")
-    proc = _run("hmc_sac.py", *SMOKE, *overrides, run_root=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
-    assert not tmp_path.exists() or not any(tmp_path.rglob("*.yaml"))
-    assert not tmp_path.exists() or not any(p.is_file() for p in tmp_path.rglob("*"))
+    # An existing run root with something in it, and one that does not exist yet: neither
+    # gains a file or a folder (Hydra's run directory and its parents included).
+    existing = tmp_path / "existing"
+    (existing / "hmc_sac").mkdir(parents=True)
+    (existing / "hmc_sac" / "notes.txt").write_text("mine")
+    before = _tree(existing)
+    for run_root in (existing, tmp_path / "new"):
+        started = time.monotonic()
+        proc = _run(script, *SMOKE, "env=Pendulum-v1", *overrides, run_root=run_root, check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert time.monotonic() - started < 120  # it fails at once, before building anything
+        for message in messages:
+            assert message in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr
+    assert _tree(existing) == before
+    assert not (tmp_path / "new").exists()
 
 
 def test_resume_of_an_incompatible_run_is_refused(tmp_path: Path) -> None:
     _run("sac.py", *SMOKE, "env=Pendulum-v1", run_root=tmp_path / "sac")
     (sac_dir,) = _run_dirs(tmp_path / "sac")
-    proc = _run(
-        "hmc_sac.py",
-        *SMOKE,
-        "env=Pendulum-v1",
-        f"resume={sac_dir}",
-        run_root=tmp_path / "h",
-        check=False,
+    proc = _run("hmc_sac.py", f"resume={sac_dir}", run_root=tmp_path / "h", check=False)
+    assert proc.returncode == 2
+    assert "that run was made by another script: its config (method sac)" in (
+        proc.stdout + proc.stderr
     )
-    assert proc.returncode != 0
-    assert "incompatible: method was sac, now hmc_sac" in proc.stdout + proc.stderr
-    assert not (tmp_path / "h").exists() or not any((tmp_path / "h").rglob("*.yaml"))
+    assert not (tmp_path / "h").exists()
 
 
 def test_linear_policy_option_keeps_the_critic_and_resumes_configs_saved_without_it(
@@ -276,3 +451,30 @@ def test_entropy_prior_and_cheap_options_train_and_log_alpha(tmp_path: Path) -> 
     checkpoint = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
     assert set(checkpoint["method"]["optimizers"]) == {"policy", "hmc", "critic", "alpha"}
     assert checkpoint["method"]["pid"] is None
+
+
+def test_tier_l_multirun_through_submitit_lands_where_the_grid_reads(tmp_path: Path) -> None:
+    # The cluster commands of tier L, run with submitit's local launcher on a smoke budget.
+    from benchmarks import learning
+
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "LAUNCHER": "submitit_local",
+        "SMOKE": "1",
+        "METHODS": "sac",
+        "ROOT": str(tmp_path / "L"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "tier_l.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for seed in (0, 1):
+        expected = learning.run_dir("L", "sac", "Hopper-v4", seed).relative_to(learning.RUNS / "L")
+        summary = json.loads((tmp_path / "L" / expected / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["frames"] == 400

@@ -215,6 +215,7 @@ def _bad_policy_distribution():
         (lambda: _actor(step_size=-1.0), ValueError, "step_size=-1.0"),
         (lambda: _actor(gate_hidden=0), ValueError, "gate_hidden=0"),
         (lambda: _actor(beta=0.0), ValueError, "beta=0.0"),
+        (lambda: _actor(beta=1e-300), ValueError, "beta=1e-300 is too small"),  # 0 in float32
         (lambda: _actor(action_spec=Unbounded(shape=(2,))), ValueError, "UnboundedContinuous"),
         (lambda: _actor(action_spec=Categorical(4)), ValueError, "Categorical"),
         (

@@ -24,6 +24,7 @@ from torchrl.trainers import ReplayBufferTrainer, TargetNetUpdaterHook, Trainer
 
 from torchrl_mcmc import HMCActor, HMCLoss, PIDBetaHook, PIDController
 from torchrl_mcmc.mcmc import normal_log_prob, squash, standard_normal_log_prob
+from torchrl_mcmc.mcmc.hamiltonian import DIVERGENCE_THRESHOLD
 
 OBS, ACT = 4, 2
 
@@ -88,7 +89,7 @@ def test_objective_and_distance_match_eq_17_by_hand() -> None:
     loss = _loss()
     batch = _batch()
     torch.manual_seed(3)
-    out, states, _ = loss._chain(batch, None)
+    out, states, _, _ = loss._chain(batch, None)
     q = loss._qvalues(states, out.action, loss.qvalue_network_params).min(0).values
     log_prior_uK = normal_log_prob(out.uK, out.prior_loc, out.prior_scale)
     beta = loss.beta
@@ -117,6 +118,8 @@ def test_beta_is_shared_schedulable_and_checkpointed() -> None:
     assert other.beta.item() == 0.25
     with pytest.raises(ValueError, match="beta"):
         loss.beta = 0.0
+    with pytest.raises(ValueError, match="too small"):
+        loss.beta = 1e-40  # > 0 in float32, but 1 / beta overflows
 
 
 def test_refresh_prior_is_explicit() -> None:
@@ -278,7 +281,7 @@ def test_torchrl_trainer_with_pid_hook_on_pendulum() -> None:
     assert all(torch.isfinite(torch.tensor(v)).all() for v in trainer._log_dict["loss_actor"])
 
 
-def _relu_loss(update_mode: str) -> HMCLoss:
+def _relu_loss(update_mode: str, beta: float = 1.0) -> HMCLoss:
     from torch import nn
     from torchrl.modules import MLP, ValueOperator
 
@@ -286,7 +289,7 @@ def _relu_loss(update_mode: str) -> HMCLoss:
         MLP(in_features=OBS + ACT, out_features=1, num_cells=[32, 32], activation_class=nn.ReLU),
         in_keys=["observation", "action"],
     )
-    actor = HMCActor(make_policy(OBS, ACT), critic, num_steps=4)
+    actor = HMCActor(make_policy(OBS, ACT), critic, num_steps=4, beta=beta)
     loss = HMCLoss(actor, update_mode=update_mode)
     loss.make_value_estimator(gamma=0.99)
     return loss
@@ -315,3 +318,88 @@ def test_fast_relu_critic_path_equals_the_generic_path(update_mode: str) -> None
     torch.manual_seed(3)
     b = generic.actor(td.clone())["action"]
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- divergence guard
+def _blown_up_loss(case: str, update_mode: str = "alternating") -> tuple[HMCLoss, TensorDict]:
+    """The finite blow-ups of issue 10, on the scripts' ReLU critic: a tiny beta (float32), or
+    critic weights x1e50 (float64, where they stay finite)."""
+    loss = _relu_loss(update_mode, beta=1e-6 if case == "beta=1e-6" else 1.0)
+    batch = _batch(batch=64)
+    if case == "critic x1e50":
+        loss = loss.double()
+        batch = batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+        with torch.no_grad():
+            for p in loss.qvalue_network_params.values(True, True):
+                p.mul_(1e50)
+    return loss, batch
+
+
+def _assert_all_finite(out: TensorDict) -> None:
+    bad = [k for k, v in out.items() if not torch.isfinite(v).all()]
+    assert not bad, {k: out[k] for k in bad}
+
+
+@pytest.mark.parametrize("case", ["beta=1e-6", "critic x1e50"])
+def test_a_finite_blow_up_is_flagged_divergent_and_the_losses_stay_finite(case: str) -> None:
+    # Before the energy check these chains swung out to |uK| ~ 1e2..1e146 with no chain flagged:
+    # beta=1e-6 gave elbo_gap ~ -4e5, critic x1e50 gave loss_actor ~ 3e293.
+    loss, batch = _blown_up_loss(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = loss(batch)
+    _assert_all_finite(out)
+    assert out["num_divergent"] > 0
+    # Kept chains lost at most the threshold's nats of ELBO; fallbacks lost none.
+    assert out["elbo_gap"] >= -DIVERGENCE_THRESHOLD
+    for key in ("loss_actor", "loss_hmc"):
+        assert out[key].abs() < 1e3, (key, out[key])
+    (out["loss_actor"] + out["loss_hmc"] + out["loss_qvalue"]).backward()
+    assert all(p.grad.isfinite().all() for p in loss.parameters() if p.grad is not None)
+    # Acting uses the same guard: divergent chains act with their start u0.
+    td = loss.actor(batch.select("observation"))
+    divergent = td["hmc", "divergent"]
+    assert divergent.any()
+    torch.testing.assert_close(td["hmc", "uK"][divergent], td["hmc", "u0"][divergent])
+    assert td["hmc", "uK"].abs().max() < 20.0
+
+
+def test_the_loss_trains_on_the_first_draws_chains_that_did_not_diverge() -> None:
+    loss, batch = _blown_up_loss("beta=1e-6")
+    out, states, num_divergent, acted = loss._chain(batch, None)
+    kept = ~acted.divergent
+    assert 0 < int(num_divergent) == int(acted.divergent.sum()) < batch.shape[0]
+    assert states.shape[0] == int(kept.sum()) and not out.divergent.any()
+    # Rerun with the same draws: the very chains of the first run, minus the divergent ones.
+    torch.testing.assert_close(out.uK, acted.uK[kept])
+    torch.testing.assert_close(out.rhoK, acted.rhoK[kept])
+    torch.testing.assert_close(states["observation"], batch["observation"][kept])
+
+
+@pytest.mark.parametrize("update_mode", ["alternating", "joint"])
+def test_an_all_divergent_batch_gives_zero_losses_and_the_count_never_nan(update_mode) -> None:
+    loss = _relu_loss(update_mode)
+    with torch.no_grad():
+        loss.actor.flow.log_step_size.fill_(30.0)  # eps ~ 1e13: every chain swings out
+    batch = _batch(batch=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = loss(batch)
+    _assert_all_finite(out)
+    assert out["num_divergent"].item() == 16
+    terms = ["loss_actor"] + (["loss_hmc"] if update_mode == "alternating" else [])
+    for key in terms:
+        assert out[key].item() == 0.0 and out[key].requires_grad
+    # The diagnostics describe the fallbacks, i.e. the start of every chain.
+    assert out["elbo_gap"].abs() < 1e-5 and out["critic_gain"].abs() < 1e-5
+    # Zero gradients, not None, not NaN, on what each term would have reached.
+    reached = {
+        "loss_actor": list(loss.policy_parameters()),
+        "loss_hmc": list(loss.hmc_parameters()),
+    }
+    if update_mode == "joint":
+        reached["loss_actor"] += reached.pop("loss_hmc")
+    for key in terms:
+        loss.zero_grad(set_to_none=True)
+        out[key].backward(retain_graph=True)
+        assert all(p.grad is not None and not p.grad.any() for p in reached[key]), key

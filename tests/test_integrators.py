@@ -187,6 +187,62 @@ def test_divergent_samples_fall_back_to_start() -> None:
     assert not torch.equal(out.position[0], u0[0])
 
 
+def test_energy_error_is_the_change_of_hamiltonian_by_hand() -> None:
+    flow = HamiltonianFlow(2, num_steps=4, step_size=0.3, gated=False).to(DTYPE)
+    potential = _nonquadratic_potential(2)
+    u0, rho0 = torch.randn(6, 2, dtype=DTYPE), torch.randn(6, 2, dtype=DTYPE)
+    out = flow(u0, rho0, potential)
+
+    def energy(u, rho):
+        return potential(u) + 0.5 * (rho**2).sum(-1)
+
+    final = out.final_state
+    expected = energy(final.position, final.momentum) - energy(u0, rho0)
+    torch.testing.assert_close(out.energy_error, expected)
+    # A sound step: a small energy error, nothing flagged, and the end point is the chain's.
+    assert out.energy_error.abs().max() < 1.0 and not out.divergent.any()
+    assert torch.equal(out.position, final.position)
+
+
+def test_a_chain_that_blows_up_but_stays_finite_is_divergent() -> None:
+    # A step far too long for the potential's curvature (eps * omega = 0.05 * sqrt(2e6) = 71):
+    # the leapfrog chain is unstable and grows by orders of magnitude per step, yet stays finite.
+    flow = HamiltonianFlow(2, num_steps=5, step_size=0.05, gated=False).to(DTYPE)
+    stiff = lambda u: 1e6 * (u**2).sum(-1)  # noqa: E731
+    gentle = lambda u: 0.5 * (u**2).sum(-1)  # noqa: E731
+    u0 = torch.tensor([[0.1, -0.2], [0.3, 0.0]], dtype=DTYPE)
+    rho0 = torch.ones(2, 2, dtype=DTYPE)
+    out = flow(u0, rho0, stiff)
+    assert out.final_state.position.isfinite().all()
+    assert out.final_state.position.abs().max() > 1e6
+    assert (out.energy_error > 1e12).all()
+    assert out.divergent.all()
+    assert torch.equal(out.position, u0) and torch.equal(out.momentum, rho0)
+    # The same chain on a potential it can follow is kept.
+    assert not flow(u0, rho0, gentle).divergent.any()
+    # Without the energy check (threshold inf) only non-finite chains count, as they used to.
+    unchecked = HamiltonianFlow(
+        2, num_steps=5, step_size=0.05, gated=False, divergence_threshold=math.inf
+    )
+    out = unchecked.to(DTYPE)(u0, rho0, stiff)
+    assert not out.divergent.any() and out.energy_error is None
+
+
+def test_the_divergence_threshold_is_in_nats_of_energy_error() -> None:
+    # One unit step on U = k u^2 / 2 from (u, rho) = (0, 1): rho -> 1 -> 1 - k / 2, u -> 1,
+    # so dH = k / 2 + (1 - k / 2)^2 / 2 - 1 / 2 = k^2 / 8 exactly.
+    flow = HamiltonianFlow(1, num_steps=1, step_size=1.0, gated=False).to(DTYPE)
+    u0, rho0 = torch.zeros(1, 1, dtype=DTYPE), torch.ones(1, 1, dtype=DTYPE)
+    for k, divergent in ((80.0, False), (100.0, True)):  # dH = 800 and 1250 nats
+        out = flow(u0, rho0, lambda u, k=k: 0.5 * k * (u**2).sum(-1))
+        torch.testing.assert_close(out.energy_error, torch.tensor([k**2 / 8], dtype=DTYPE))
+        assert bool(out.divergent) is divergent
+    flow.divergence_threshold = 2000.0
+    assert not flow(u0, rho0, lambda u: 50.0 * (u**2).sum(-1)).divergent.any()
+    with pytest.raises(ValueError, match="divergence_threshold=0"):
+        HamiltonianFlow(1, divergence_threshold=0)
+
+
 def test_step_sizes_are_positive_per_dimension_and_learnable() -> None:
     flow = HamiltonianFlow(4, num_steps=2, step_size=0.2)
     torch.testing.assert_close(flow.step_size, torch.full((4,), 0.2))

@@ -238,7 +238,7 @@ def test_objective_and_diagnostics_match_eq_10_by_hand() -> None:
     loss.beta = 0.3
     _perturb(loss.actor.policy)
     batch = _batch()
-    out, states, _ = loss._flow(batch, None)
+    out, states, _, _ = loss._flow(batch, None)
     q = loss.actor.critic_value(states, out.action)  # the actor's path to the trained critics
     gap = out.action - out.prior_action
     delta = loss.actor.distance_smoothing
@@ -495,6 +495,7 @@ def _with_exploration_module() -> TensorDictSequential:
         (lambda: _actor(hidden=0), ValueError, "hidden=0"),
         (lambda: _actor(scale_bound=-1.0), ValueError, "scale_bound=-1.0"),
         (lambda: _actor(beta=0.0), ValueError, "beta=0.0"),
+        (lambda: _actor(beta=1e-300), ValueError, "beta=1e-300 is too small"),  # 0 in float32
         (lambda: _actor(distance_smoothing=0.0), ValueError, "distance_smoothing=0.0"),
         (lambda: _actor(exploration_noise=-0.1), ValueError, "exploration_noise=-0.1"),
         (lambda: _actor(action_spec=Unbounded(shape=(ACT,))), ValueError, "UnboundedContinuous"),
@@ -719,3 +720,47 @@ def test_non_relu_critic_falls_back_to_autograd(monkeypatch) -> None:
         torch.testing.assert_close(*first, rtol=1e-9, atol=1e-11)
         actor(td.clone())
         assert not closed_form_calls, name
+
+
+# ---------------------------------------------------------------------------- divergence guard
+@pytest.mark.parametrize("update_mode", ["alternating", "joint"])
+def test_an_all_divergent_batch_gives_zero_losses_and_the_count_never_nan(update_mode) -> None:
+    loss = _loss(update_mode=update_mode)
+    with torch.no_grad():
+        for layer in loss.actor.flow.layers:
+            layer.net[-1].bias.fill_(float("inf"))  # an overflowed shift T: every end is inf
+    batch = _batch(16)
+    out = loss(batch)
+    bad = [k for k, v in out.items() if not torch.isfinite(v).all()]
+    assert not bad, {k: out[k] for k in bad}
+    assert out["num_divergent"].item() == 16
+    terms = ["loss_actor"] + (["loss_flow"] if update_mode == "alternating" else [])
+    for key in terms:
+        assert out[key].item() == 0.0 and out[key].requires_grad
+    # The diagnostics describe the fallbacks: the plain TD3 action, which is also the prior's.
+    assert out["critic_gain"].abs() < 1e-6 and out["policy_distance"].abs() < 1e-6
+    reached = {"loss_actor": list(loss.policy_parameters()), "loss_flow": []}
+    reached["loss_flow" if update_mode == "alternating" else "loss_actor"] += list(
+        loss.flow_parameters()
+    )
+    for key in terms:
+        loss.zero_grad(set_to_none=True)
+        out[key].backward(retain_graph=True)
+        assert all(p.grad is not None and not p.grad.any() for p in reached[key]), key
+
+
+def test_a_saturating_flow_is_not_divergent_its_objective_stays_bounded() -> None:
+    # A tiny beta makes one layer's step eps^2 / 2 * grad Q / beta leap far past the squash's
+    # saturation (|u| > 9 in float32): the action sits at the box's edge. Unlike the HMC chain,
+    # the flow's objective has no density term to overflow: J = Q(s, aK) - beta * ||aK - a_t||
+    # stays within the critic's values on the box, so this is not a divergence.
+    loss = _loss()
+    loss.beta = 1e-6
+    batch = _batch(64)
+    out = loss(batch)
+    sample = loss.actor.sample(batch, critic_params=loss.qvalue_network_params.detach())
+    assert sample.uK.abs().max() > 20.0 and out["num_divergent"].item() == 0
+    q = loss._qvalues(batch, sample.action, loss.qvalue_network_params).min(0).values
+    assert out["loss_actor"].abs() <= q.abs().max() + 1e-3
+    out["loss_actor"].backward()
+    assert all(p.grad.isfinite().all() for p in loss.policy_parameters())

@@ -1,4 +1,7 @@
-"""Tests of the PID controller of beta and its TorchRL trainer hook (paper §4.1, DESIGN §1.3)."""
+"""Tests of the PID controller of beta and its TorchRL trainer hook.
+
+Paper §4.1, docs/method.md §1.3.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,10 @@ EXPECTED_INTEGRALS = [4.0, 12.0, 14.0, 10.0, 6.0, 2.0, 0.0, 1.0, 3.0]
 
 
 def reference_pid(distances, *, target, kp, ki, kd, beta_init, beta_min, beta_max):
-    """An independent transcription of paper §4.1 + DESIGN §1.3: returns (betas, integrals)."""
+    """An independent transcription of paper §4.1 + docs/method.md §1.3.
+
+    Returns (betas, integrals).
+    """
     integral = beta_init / ki if ki > 0 else 0.0
     previous = None
     betas, integrals = [], []

@@ -11,7 +11,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from examples.experiment import CHECKPOINT_POINTER, load_checkpoint, save_checkpoint
+from examples.experiment import (
+    CHECKPOINT_POINTER,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from examples.hmc_sac import HMCSAC
 from examples.ld_td3 import LDTD3
 from examples.sac import SAC
@@ -45,6 +50,46 @@ def test_checkpoints_rotate_and_load_with_weights_only(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["frames_000000000002.pt", "frames_000000000003.pt"]
     assert load_checkpoint(tmp_path)["frames"] == 3
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_newest_intact_one(
+    tmp_path: Path, caplog
+) -> None:
+    for frames in (100, 200, 300):
+        save_checkpoint(
+            tmp_path, {"frames": frames, "w": torch.full((100,), float(frames))}, keep=3
+        )
+    ckpt_dir = tmp_path / "checkpoints"
+    newest, middle = ckpt_dir / "frames_000000000300.pt", ckpt_dir / "frames_000000000200.pt"
+    newest.write_bytes(newest.read_bytes()[:200])  # truncated
+    middle.write_bytes(b"")  # emptied
+    with caplog.at_level("WARNING", logger="torchrl_mcmc.examples"):
+        state = load_checkpoint(tmp_path)
+    assert state["frames"] == 100 and (state["w"] == 100).all()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(str(newest) in w and "failed finding central directory" in w for w in warnings)
+    assert any(str(middle) in w and "EOFError" in w for w in warnings)
+    # The damaged files are set aside (out of the rotation) and the pointer names the one loaded.
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        "frames_000000000100.pt",
+        "frames_000000000200.pt.unreadable",
+        "frames_000000000300.pt.unreadable",
+    ]
+    assert (tmp_path / CHECKPOINT_POINTER).read_text() == "frames_000000000100.pt"
+    assert load_checkpoint(tmp_path)["frames"] == 100
+
+
+def test_no_readable_checkpoint_is_an_error_naming_every_file(tmp_path: Path) -> None:
+    for frames in (100, 200):
+        save_checkpoint(tmp_path, {"frames": frames}, keep=2)
+    for path in (tmp_path / "checkpoints").iterdir():
+        path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path)
+    message = str(error.value)
+    assert f"no checkpoint of {tmp_path} can be read" in message
+    assert "frames_000000000200.pt (RuntimeError" in message
+    assert "frames_000000000100.pt (RuntimeError" in message
 
 
 def test_collector_workers_act_with_the_current_critic() -> None:

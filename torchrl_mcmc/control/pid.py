@@ -1,4 +1,4 @@
-"""PID control of the KL multiplier ``beta`` (paper §4.1, DESIGN §1.3).
+"""PID control of the KL multiplier ``beta`` (paper §4.1, docs/method.md §1.3).
 
 The policy objectives trade the critic's value against a distance to the previous policy,
 weighted by ``beta``. The paper does not fix ``beta``: it treats policy optimisation as a
@@ -272,7 +272,8 @@ class PIDController:
 
     def _initial_integral(self) -> float:
         # Warm start: ki * I == beta_init, so the first update corrects beta_init rather than
-        # replacing it (DESIGN §1.3). With ki == 0 the integral cannot carry beta, start at 0.
+        # replacing it (docs/method.md §1.3). With ki == 0 the integral cannot carry beta:
+        # start at 0.
         return self._beta_init / self._ki if self._ki > 0 else 0.0
 
     def reset(self) -> None:

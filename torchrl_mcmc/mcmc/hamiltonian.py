@@ -5,6 +5,9 @@ the gate networks of eqs. 18–19) and runs ``K`` leapfrog steps with them throu
 integrator of :mod:`torchrl_mcmc.mcmc.integrators`. The map ``(u0, rho0) -> (uK, rhoK)`` is
 volume preserving for every value of ``h``, so ``log q_K(uK, rhoK) = log q_0(u0, rho0)`` exactly
 (eq. 16): no log-determinant is ever computed.
+
+The chain is guarded against divergence, defined by its energy error (docs/method.md §1.1): see
+:class:`HamiltonianFlow`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from torchrl_mcmc.mcmc.integrators import (
     potential_grad,
 )
 
-__all__ = ["FlowOutput", "GradientGate", "HamiltonianFlow"]
+__all__ = ["DIVERGENCE_THRESHOLD", "FlowOutput", "GradientGate", "HamiltonianFlow"]
+
+#: The energy error ``H(uK, rhoK) - H(u0, rho0)``, in nats, past which a chain counts as
+#: divergent. Stan, NumPyro and BlackJAX flag a divergent transition at the same 1000 nats.
+DIVERGENCE_THRESHOLD = 1000.0
 
 
 def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
@@ -113,15 +120,21 @@ class FlowOutput(NamedTuple):
     Attributes:
         position: ``uK`` (``u0`` where the chain diverged).
         momentum: ``rhoK`` (``rho0`` where the chain diverged).
-        divergent: boolean ``[*batch]``, ``True`` where the chain produced a non-finite value.
+        divergent: boolean ``[*batch]``, ``True`` where the chain diverged: its end is not
+            finite, or its energy error is not finite or above the flow's
+            ``divergence_threshold``.
         final_state: the raw :class:`LeapfrogState` before the guard (its ``potential_grad`` is
             ``grad U(uK)``), for diagnostics.
+        energy_error: ``[*batch]``, the raw chain's ``H(uK, rhoK) - H(u0, rho0)`` with
+            ``H(u, rho) = U(u) + rho . rho / 2`` (no graph; zeros when ``K = 0``; ``None`` with
+            ``divergence_threshold=math.inf``, which skips it).
     """
 
     position: Tensor
     momentum: Tensor
     divergent: Tensor
     final_state: LeapfrogState
+    energy_error: Tensor | None
 
 
 class HamiltonianFlow(nn.Module):
@@ -130,9 +143,22 @@ class HamiltonianFlow(nn.Module):
     Step sizes are stored as ``log eps`` so they stay positive under any optimiser step. They are
     shared by the ``K`` steps (the paper's ``eps in R^d``).
 
-    Divergence guard: where a chain yields a non-finite position or momentum, that sample falls
-    back to its start ``(u0, rho0)``, which is still an exact draw from ``q_0`` (the identity is
-    volume preserving too), and ``divergent`` flags it. Nothing silently turns into NaN.
+    Divergence guard: a chain diverges where its end is not finite, or where its energy
+    error ``H(uK, rhoK) - H(u0, rho0)``, with ``H(u, rho) = U(u) + rho . rho / 2``, is not finite
+    or exceeds ``divergence_threshold``. Such a sample falls back to its start ``(u0, rho0)``,
+    which is still an exact draw from ``q_0`` (the identity is volume preserving too), and
+    ``divergent`` flags it. Nothing silently turns into NaN.
+
+    Why the energy error: ``exp(-H)`` is the target density of ``(u, rho)``, so the energy error
+    is exactly how many nats the chain's end is worse than its start, which is minus the
+    sample's gain in ELBO (eq. 15) over not moving (the fallback). A leapfrog step that is too
+    long for the potential's curvature (``Q / beta`` with a small ``beta`` or a huge critic) sends
+    the chain far out; past ``|u| ~ 9`` (float32; 19 in float64) the squash saturates, the
+    critic's force vanishes, and the chain swings on in the prior's potential with a momentum
+    and a prior term that are finite but huge: the density terms of the loss overflow later.
+    The energy error catches that at its cause, in every dtype, whatever the gates do; a bound
+    on ``|u|`` would not (a policy may place ``u0`` itself out there, and the estimate is exact
+    there as long as the energy stays in range).
 
     Args:
         action_dim: ``d``.
@@ -143,6 +169,9 @@ class HamiltonianFlow(nn.Module):
         gated: use :class:`GradientGate` (eqs. 18–19); ``False`` is plain leapfrog (eq. 13).
         gate_hidden: gate width (``>= 1``).
         state_dim: state features the gates read; ``0`` ignores the state.
+        divergence_threshold: the energy error, in nats, past which a chain is divergent
+            (``> 0``; default :data:`DIVERGENCE_THRESHOLD`). The check costs two evaluations
+            of ``U`` per chain; ``math.inf`` skips it and flags non-finite chains only.
 
     Examples:
         >>> flow = HamiltonianFlow(2, num_steps=3, step_size=0.1, gated=False)
@@ -150,6 +179,16 @@ class HamiltonianFlow(nn.Module):
         >>> out = flow(u0, rho0, lambda u: 0.5 * (u**2).sum(-1))
         >>> out.position.shape, bool(out.divergent.any())
         (torch.Size([4, 2]), False)
+
+        A step far too long for the potential's curvature: the chain stays finite but its
+        energy grows by orders of magnitude, so it falls back to its start.
+
+        >>> stiff = lambda u: 1e4 * (u**2).sum(-1)
+        >>> out = flow(u0, rho0, stiff)
+        >>> out.final_state.position.isfinite().all().item(), out.divergent.all().item()
+        (True, True)
+        >>> torch.equal(out.position, u0)
+        True
     """
 
     def __init__(
@@ -161,6 +200,7 @@ class HamiltonianFlow(nn.Module):
         gated: bool = True,
         gate_hidden: int = 16,
         state_dim: int = 0,
+        divergence_threshold: float = DIVERGENCE_THRESHOLD,
     ) -> None:
         super().__init__()
         if action_dim < 1:
@@ -169,7 +209,13 @@ class HamiltonianFlow(nn.Module):
             raise ValueError(f"num_steps must be an integer >= 0, got num_steps={num_steps!r}.")
         if not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be finite and > 0, got step_size={step_size!r}.")
+        if not divergence_threshold > 0:
+            raise ValueError(
+                "divergence_threshold must be > 0, got "
+                f"divergence_threshold={divergence_threshold!r}."
+            )
         self.action_dim = action_dim
+        self.divergence_threshold = float(divergence_threshold)
         self.num_steps = num_steps
         self.log_step_size = nn.Parameter(torch.full((action_dim,), math.log(step_size)))
         self.gate = GradientGate(action_dim, gate_hidden, state_dim) if gated else None
@@ -248,17 +294,31 @@ class HamiltonianFlow(nn.Module):
             # The base policy: no gradient is needed, so none is computed.
             zeros = torch.zeros_like(position)
             never = torch.zeros(position.shape[:-1], dtype=torch.bool, device=position.device)
-            return FlowOutput(
-                position, momentum, never, LeapfrogState(position, momentum, zeros, zeros)
-            )
+            state = LeapfrogState(position, momentum, zeros, zeros)
+            return FlowOutput(position, momentum, never, state, zeros.sum(-1))
         final = integrate(
             init_state(position, momentum, force), self.step_size, self.num_steps, force
         )
-        finite = final.position.isfinite().all(-1) & final.momentum.isfinite().all(-1)
-        keep = finite.unsqueeze(-1)
+        ok = final.position.isfinite().all(-1) & final.momentum.isfinite().all(-1)
+        energy_error = None
+        if math.isfinite(self.divergence_threshold):
+            with torch.no_grad():  # a flag: it must not enter the graph
+                energy_error = _energy(potential_fn, final.position, final.momentum) - _energy(
+                    potential_fn, position, momentum
+                )
+            # NaN compares false: a NaN energy error is divergent too.
+            ok = ok & (energy_error <= self.divergence_threshold)
+        keep = ok.unsqueeze(-1)
         return FlowOutput(
             position=torch.where(keep, final.position, position),
             momentum=torch.where(keep, final.momentum, momentum),
-            divergent=~finite,
+            divergent=~ok,
             final_state=final,
+            energy_error=energy_error,
         )
+
+
+def _energy(potential_fn: Callable[[Tensor], Tensor], position: Tensor, momentum: Tensor) -> Tensor:
+    """``H(u, rho) = U(u) + rho . rho / 2``, shape ``[*batch]``: ``exp(-H)`` is the chain's
+    target density up to a constant."""
+    return potential_fn(position.detach()) + 0.5 * momentum.detach().pow(2).sum(-1)

@@ -6,8 +6,8 @@ critic's potential, gates, learnable step sizes) enters through that function an
 argument, so the same code serves acting (no autograd graph) and training (a graph through the
 whole chain), and the same tests (volume preservation, reversibility, energy drift) cover both.
 
-Conventions (paper eq. 13, DESIGN §1.1): the potential ``U`` is to be *minimised*, the force is
-``G(q) = grad_q U(q)`` (or a gated version of it, eqs. 18–19), and one step is
+Conventions (paper eq. 13, docs/method.md §1.1): the potential ``U`` is to be *minimised*, the
+force is ``G(q) = grad_q U(q)`` (or a gated version of it, eqs. 18–19), and one step is
 
 .. code-block:: text
 

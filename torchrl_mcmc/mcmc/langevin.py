@@ -1,8 +1,8 @@
 """The Langevin flow of the deterministic method: coupling layers that ascend a potential.
 
-Paper §3.1, eqs. 6–9; DESIGN §1.2. Free of TorchRL: a layer moves a batch of points ``x`` (the
-unsquashed actions ``u``) with the gradient of a potential ``U`` it is handed and small networks
-of the other half of ``x`` and an optional context (the state).
+Paper §3.1, eqs. 6–9; docs/method.md §1.2. Free of TorchRL: a layer moves a batch of points
+``x`` (the unsquashed actions ``u``) with the gradient of a potential ``U`` it is handed and
+small networks of the other half of ``x`` and an optional context (the state).
 
 Conventions. ``U`` is an *objective*, to be maximised (eq. 6: ``U = Q / beta - ||a - pi_t(s)||``),
 so the Langevin term climbs it. One coupling layer with binary mask ``m`` (``mbar = 1 - m``) is
@@ -15,7 +15,7 @@ with ``sigma, S, T`` functions of ``(m * x, context)``. Two departures from the 
 both deliberate:
 
 * **The sign.** Eq. 9 prints ``- eps^2/2 grad U``, which descends an objective. With ``U`` the
-  objective of eq. 6 the flow must ascend it (DESIGN §1.2), hence ``+``.
+  objective of eq. 6 the flow must ascend it (docs/method.md §1.2), hence ``+``.
 * **exp(sigma) - 1 instead of exp(sigma).** Eq. 9's ``eps * exp(sigma(m x))`` stands where
   Langevin dynamics has its noise ``eps * xi``; a zero network would make it a constant shift by
   ``eps``, so the layer could not start as plain Langevin ascent. ``eps * (exp(sigma) - 1)``

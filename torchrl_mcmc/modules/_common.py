@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torch import Tensor
+from torch import Tensor, nn
 from torchrl.data import Bounded, TensorSpec
 
 from torchrl_mcmc.modules._fast_paths import _PiecewiseLinearCritic
@@ -107,7 +107,8 @@ class MCMCActorBase(TensorDictModuleBase):
                 ``loss.qvalue_network_params`` of shape ``[num_qvalue_nets]``. The same object is
                 kept (not a copy), so every optimiser step on it is seen by the next action, and
                 being registered here it travels with the actor's ``state_dict`` and with the
-                weights collectors send to their workers.
+                weights collectors send to their workers. ``load_state_dict`` restores them into
+                a freshly built actor too, with no loss: a saved actor acts as it did.
         """
         if not isinstance(params, TensorDictParams) or params.ndim != 1:
             raise ValueError(
@@ -115,6 +116,79 @@ class MCMCActorBase(TensorDictModuleBase):
                 f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
             )
         self.critic_params = params
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Restores the bound critic parameters (``critic_params.*``) too, loss or no loss.
+
+        ``critic_params`` is registered as ``None`` until a loss binds its parameters, and
+        ``nn.Module`` loads nothing into a ``None`` child, nor reports its keys as unexpected
+        (the name is registered): a freshly built actor would silently act with its untrained
+        critic module. So when the state dict carries critic parameters and none are bound, a
+        container of the saved shape is bound first and the usual recursion fills it. Saved
+        critic parameters that do not fit this actor's critic raise here, naming the key, even
+        with ``strict=False``: acting with part of a critic is never what was saved.
+        """
+        key_prefix = f"{prefix}critic_params."
+        saved = {k[len(key_prefix) :]: v for k, v in state_dict.items() if k.startswith(key_prefix)}
+        if saved:
+            num_critics = self._check_saved_critic_params(saved, key_prefix)
+            if self.critic_params is None:
+                self.bind_critic_params(self._critic_params_like(num_critics))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _check_saved_critic_params(self, saved: dict[str, Tensor], key_prefix: str) -> int:
+        """How many critics ``saved`` stacks (entries named as in ``critic_params``' state dict).
+
+        Raises a ``RuntimeError`` naming every key that does not fit: a missing or unknown entry,
+        or a shape other than this actor's critic's with the leading critic dimension (that of
+        the bound parameters, if any).
+        """
+        expected = TensorDict.from_module(self.critic).flatten_keys(".")
+        expected_names = set(expected.keys())
+        if self.critic_params is not None:
+            num_critics = self.critic_params.shape[0]
+        else:
+            first = next(iter(saved.values()))
+            num_critics = first.shape[0] if first.ndim > 0 else 0
+        problems = [f"{key_prefix}{name} is missing" for name in expected_names - saved.keys()]
+        problems += [
+            f"{key_prefix}{name} is not an entry of the critic"
+            for name in saved.keys() - expected_names
+        ]
+        for name in saved.keys() & expected_names:
+            needed = (num_critics, *expected[name].shape)
+            if tuple(saved[name].shape) != needed:
+                problems.append(
+                    f"{key_prefix}{name} has shape {tuple(saved[name].shape)}, the critic needs "
+                    f"{needed}"
+                )
+        if problems:
+            raise RuntimeError(
+                f"the saved critic parameters do not fit this {type(self).__name__}'s critic: "
+                f"{'; '.join(sorted(problems))}. Build the actor with the critic it was saved with."
+            )
+        return num_critics
+
+    def _critic_params_like(self, num_critics: int) -> TensorDictParams:
+        """``num_critics`` stacked copies of the critic module's parameters and buffers, laid out
+        as a loss's ``qvalue_network_params``: what a saved state is loaded into."""
+        own = TensorDict.from_module(self.critic)
+        stacked = own.data.expand(num_critics).clone()
+        for name, value in own.items(True, True):
+            if isinstance(value, nn.Parameter):
+                stacked.set(name, nn.Parameter(stacked.get(name)))
+        return TensorDictParams(stacked, no_convert=True)
 
     def critic_value(
         self,
@@ -290,7 +364,8 @@ class MCMCActorBase(TensorDictModuleBase):
 
         Call once per policy iteration (one collector batch), not after every SGD step: with
         ``theta_t = theta`` the regulariser of objectives (10) and (17) measures the distance
-        from the very policy being trained and stops holding it near the last one (DESIGN §1.1).
+        from the very policy being trained and stops holding it near the last one
+        (docs/method.md §1.1).
         """
         for target, source in zip(self.prior.parameters(), self.policy.parameters(), strict=True):
             target.copy_(source)

@@ -1,6 +1,6 @@
 """``HMCActor``: a TorchRL stochastic actor whose action is refined by Hamiltonian dynamics.
 
-Paper §3.2, §4.2, Algorithms 1–2; DESIGN §1.1.
+Paper §3.2, §4.2, Algorithms 1–2; docs/method.md §1.1.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class HMCSample(NamedTuple):
         scale: ``pi_theta``'s standard deviation in the unsquashed space.
         prior_loc: the frozen prior ``pi_theta_t``'s mean (``None`` with the uniform prior).
         prior_scale: the frozen prior's standard deviation (``None`` with the uniform prior).
-        divergent: ``True`` where the chain produced a non-finite value and fell back to ``u0``.
+        divergent: ``True`` where the chain diverged (a non-finite end, or an energy error
+            past the flow's ``divergence_threshold``) and fell back to ``(u0, rho0)``.
     """
 
     action: Tensor
@@ -69,10 +70,6 @@ class HMCSample(NamedTuple):
     prior_loc: Tensor | None
     prior_scale: Tensor | None
     divergent: Tensor
-
-    def select(self, mask: Tensor) -> HMCSample:
-        """The samples where ``mask`` is ``True``."""
-        return HMCSample(*(None if t is None else t[mask] for t in self))
 
 
 def _gaussian_params(dist: D.Distribution) -> tuple[Tensor, Tensor]:
@@ -131,8 +128,8 @@ class HMCActor(MCMCActorBase):
         action_spec: the environment's action spec; must be :class:`~torchrl.data.Bounded`
             with finite bounds. Defaults to ``policy.spec[action_key]``.
         num_steps: ``K >= 0`` leapfrog steps (paper: 5). ``0`` is the plain policy.
-        step_size: initial per-dimension step size ``> 0``. The default ``0.05`` is the
-            starting point of our Pendulum trial runs (DESIGN §1.4); the step sizes are learned.
+        step_size: initial per-dimension step size ``> 0``. The default ``0.05`` is a small,
+            safe start in the unsquashed space; the step sizes are learned.
         gated: use the gated gradient of eqs. 18–19 (``False``: plain leapfrog, eq. 13).
         gate_hidden: hidden width of the gate nets (paper: 8 or 16).
         gate_state_key: key of a flat state feature the gates read (``None``: gates ignore the
@@ -223,6 +220,11 @@ class HMCActor(MCMCActorBase):
         action_spec = self._resolve_action_spec(policy, action_spec, action_key)
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be finite and > 0, got beta={beta!r}.")
+        if not torch.tensor(float(beta)).reciprocal().isfinite():
+            # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
+            raise ValueError(
+                f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
+            )
         if gate_state_key is not None and gate_state_dim is None:
             raise ValueError("gate_state_key was given without gate_state_dim (its width).")
 
@@ -414,6 +416,7 @@ class HMCActor(MCMCActorBase):
         explore: bool = True,
         create_graph: bool = False,
         critic_params: TensorDictBase | None = None,
+        noise: tuple[Tensor, Tensor] | None = None,
     ) -> HMCSample:
         """Runs policy, prior and chain on ``tensordict`` without writing into it.
 
@@ -426,6 +429,9 @@ class HMCActor(MCMCActorBase):
             create_graph: keep the autograd graph through the chain.
             critic_params: parameters for ``Q`` in the potential (default: the bound ones).
                 Losses pass detached parameters so that the policy term never reaches the critic.
+            noise: the standard normal draws ``(xi, rho0)``, each ``[*batch, d]``, to start
+                from, ``u0 = loc + scale * xi``, instead of fresh ones (``explore`` only). A loss
+                reruns the chains that did not diverge with them (the divergence guard).
         """
         plain = self._plain_policy
         loc, scale = _gaussian_params(_policy_dist(self.policy, tensordict, plain))
@@ -433,8 +439,8 @@ class HMCActor(MCMCActorBase):
         if self.prior_kind == "policy":
             prior_loc, prior_scale = _gaussian_params(_policy_dist(self.prior, tensordict, plain))
         if explore:
-            u0 = loc + scale * torch.randn_like(loc)
-            rho0 = torch.randn_like(loc)
+            xi, rho0 = (torch.randn_like(loc), torch.randn_like(loc)) if noise is None else noise
+            u0 = loc + scale * xi
         else:
             u0, rho0 = loc, torch.zeros_like(loc)
         state = tensordict.get(self.gate_state_key) if self.gate_state_key is not None else None

@@ -1,6 +1,6 @@
 """``LangevinFlowActor``: a TorchRL deterministic actor whose action is refined by a Langevin flow.
 
-Paper §3.1, eqs. 6–9; DESIGN §1.2.
+Paper §3.1, eqs. 6–9; docs/method.md §1.2.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LangevinFlowActor(MCMCActorBase):
     minimum over the critics the actor holds; ``pi_theta_t`` is a frozen snapshot of the policy
     (the *prior*, refreshed by :meth:`refresh_prior` once per policy iteration).
 
-    Design choices (DESIGN §1.2 leaves them open):
+    Design choices (docs/method.md §1.2 records them):
 
     * **The distance is taken in action space**, between squashed actions: it is then the same
       quantity as ``D_LD = mean ||aK - pi_theta_t(s)||`` of §4.1 and objective (10), so the flow
@@ -236,6 +236,11 @@ class LangevinFlowActor(MCMCActorBase):
             if not (ok and (value > 0 if strict else value >= 0)):
                 bound = "> 0" if strict else ">= 0"
                 raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}.")
+        if not torch.tensor(float(beta)).reciprocal().isfinite():
+            # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
+            raise ValueError(
+                f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
+            )
 
         action_dim = action_spec.shape[-1]
         if flow is None:

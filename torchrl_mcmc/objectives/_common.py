@@ -25,6 +25,13 @@ from torchrl_mcmc.modules._common import MCMCActorBase
 __all__ = ["MCMCPolicyLoss"]
 
 
+def batch_mean(values: Tensor) -> Tensor:
+    """``values.mean()``, or, for an empty batch (every chain diverged and was dropped), ``0``
+    with the graph of the empty computation, where the mean would be NaN: such a loss
+    backpropagates zero gradients to the parameters it would have reached."""
+    return values.mean() if values.numel() else values.sum()
+
+
 def parameters_of(params: TensorDictParams) -> Iterator[nn.Parameter]:
     """The trainable entries of functional parameters (not buffers such as tanh bounds)."""
     return iter([p for p in params.values(True, True) if isinstance(p, nn.Parameter)])
@@ -124,7 +131,7 @@ class MCMCPolicyLoss(LossModule):
 
         ``num_qvalue_nets`` fresh copies of the actor's critic (plus Polyak targets for
         :class:`~torchrl.objectives.SoftUpdate`) are bound to the actor, so that collection uses
-        exactly the parameters trained here (DESIGN §1.1).
+        exactly the parameters trained here (docs/method.md §1.1).
         """
         self.convert_to_functional(
             self.actor.critic,
@@ -210,6 +217,10 @@ class MCMCPolicyLoss(LossModule):
         value = torch.as_tensor(value, dtype=self.actor.beta.dtype)
         if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
             raise ValueError(f"beta must be a finite scalar > 0, got {value}.")
+        if not value.reciprocal().isfinite():  # Q / beta enters the chain's potential
+            raise ValueError(
+                f"beta={value.item()!r} is too small: 1 / beta overflows {value.dtype}."
+            )
         self.actor.beta.copy_(value.reshape(()))
 
     # ------------------------------------------------------------------ parameter groups

@@ -1,6 +1,6 @@
 """``HMCLoss``: objective (17) for an :class:`~torchrl_mcmc.HMCActor`, with twin critics.
 
-Paper eqs. 11, 15–17 and §4.1; DESIGN §1.1, §1.3, §1.4.
+Paper eqs. 11, 15–17 and §4.1; docs/method.md §1.1, §1.3, §1.4.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchrl_mcmc.mcmc.gaussian import (
     standard_normal_log_prob,
 )
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
-from torchrl_mcmc.objectives._common import MCMCPolicyLoss
+from torchrl_mcmc.objectives._common import MCMCPolicyLoss, batch_mean
 
 __all__ = ["HMCLoss"]
 
@@ -58,6 +58,14 @@ class HMCLoss(MCMCPolicyLoss):
       ``Q / beta``), ``critic_gain`` (``Q(s, aK) - Q(s, a0)``), ``num_divergent``,
       ``base_entropy`` (of ``pi_theta`` in the unsquashed space; watch it for collapse),
       ``step_size`` (mean ``eps``), ``td_error``.
+
+    **Divergent chains** (see :class:`~torchrl_mcmc.mcmc.HamiltonianFlow`: a non-finite end or
+    an energy error past its threshold) are counted in ``num_divergent`` and left out of the
+    objective: the chains of the other states are run again with the same draws, so that no
+    gradient passes through a diverged chain. The diagnostics describe every state, a divergent
+    chain at its fallback ``(u0, rho0)`` (what the actor acts with; its ``elbo_gap`` and
+    ``critic_gain`` are 0). When every chain of the batch diverges, ``loss_actor`` and
+    ``loss_hmc`` are zeros that backpropagate zero gradients, never NaN.
 
     Alternating updates: ``forward`` gives isolated gradients evaluated at the current
     ``(theta, h)``; for the strictly sequential scheme of eq. 11 call :meth:`actor_loss`, step
@@ -251,10 +259,10 @@ class HMCLoss(MCMCPolicyLoss):
     # ------------------------------------------------------------------ objective (17)
     def _chain(
         self, tensordict: TensorDictBase, freeze: Literal["h", "theta"] | None
-    ) -> tuple[HMCSample, TensorDictBase, Tensor]:
+    ) -> tuple[HMCSample, TensorDictBase, Tensor, HMCSample]:
         """A differentiable chain; ``freeze`` names the parameters it must not reach.
 
-        Returns the sample, the states it belongs to and the number of divergent chains.
+        Returns what :meth:`_guarded_sample` does.
         """
         critic = self.qvalue_network_params.detach()
         # preserve_module_state=False swaps the detached tensors in as they are; the default
@@ -272,22 +280,37 @@ class HMCLoss(MCMCPolicyLoss):
 
     def _guarded_sample(
         self, tensordict: TensorDictBase, critic: TensorDictBase
-    ) -> tuple[HMCSample, TensorDictBase, Tensor]:
-        out = self.actor.sample(tensordict, explore=True, create_graph=True, critic_params=critic)
-        num_divergent = out.divergent.sum()
-        if num_divergent:
-            # A diverged chain's backward multiplies zero upstream gradients by non-finite local
-            # derivatives (0 * inf = nan) and would poison every parameter's gradient. Redraw
-            # for the other states only; states that diverge again are dropped too.
-            tensordict = tensordict[~out.divergent]
+    ) -> tuple[HMCSample, TensorDictBase, Tensor, HMCSample]:
+        """The chain on every state, and the chains that did not diverge, to train on.
+
+        Returns ``(sample, states, num_divergent, acted)``: the chains to train on (none when
+        every chain diverged), the states they belong to, the number of states dropped, and
+        the first run, whose divergent chains fell back to their start (what the actor acts
+        with), for the diagnostics.
+        """
+        acted = out = self.actor.sample(
+            tensordict, explore=True, create_graph=True, critic_params=critic
+        )
+        states = tensordict
+        while out.divergent.any():
+            # A diverged chain's backward multiplies zero upstream gradients by non-finite or
+            # huge local derivatives (0 * inf = nan), even where its sample is left out, and
+            # would poison every parameter's gradient. Run the other states again with the
+            # same draws: the same chains, without the diverged ones in the graph.
+            keep = ~out.divergent
+            xi = (out.u0 - out.loc) / out.scale
+            states = states[keep]
             out = self.actor.sample(
-                tensordict, explore=True, create_graph=True, critic_params=critic
+                states,
+                explore=True,
+                create_graph=True,
+                critic_params=critic,
+                noise=(xi[keep].detach(), out.rho0[keep].detach()),
             )
-            num_divergent = num_divergent + out.divergent.sum()
-            if out.divergent.any():
-                tensordict = tensordict[~out.divergent]
-                out = out.select(~out.divergent)
-        return out, tensordict, num_divergent
+        num_divergent = torch.tensor(
+            tensordict.batch_size.numel() - states.batch_size.numel(), device=out.u0.device
+        )
+        return out, states, num_divergent, acted
 
     def _objective(
         self, tensordict: TensorDictBase, out: HMCSample, q: Tensor | None = None
@@ -310,18 +333,21 @@ class HMCLoss(MCMCPolicyLoss):
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
         self._sync_alpha()
         freeze = "h" if self.update_mode == "alternating" else None
-        out, states, num_divergent = self._chain(tensordict, freeze)
-        # One critic evaluation at aK serves the objective and, detached, the diagnostics.
+        out, states, num_divergent, acted = self._chain(tensordict, freeze)
         q_end = self._min_q_end(states, out)
-        metadata = self._diagnostics(states, out, q_end.detach())
+        if acted is out:
+            # One critic evaluation at aK serves the objective and, detached, the diagnostics.
+            metadata = self._diagnostics(states, out, q_end.detach())
+        else:
+            metadata = self._diagnostics(tensordict, acted)
         metadata["num_divergent"] = num_divergent.to(metadata["elbo_gap"].dtype)
-        return -self._objective(states, out, q_end).mean(), metadata
+        return batch_mean(-self._objective(states, out, q_end)), metadata
 
     def hmc_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and gate nets."""
         self._sync_alpha()
-        out, states, _ = self._chain(tensordict, "theta")
-        return -self._objective(states, out).mean(), {}
+        out, states, _, _ = self._chain(tensordict, "theta")
+        return batch_mean(-self._objective(states, out)), {}
 
     def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         return self.hmc_loss(tensordict)

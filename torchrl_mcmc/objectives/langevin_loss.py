@@ -1,6 +1,6 @@
 """``LangevinFlowLoss``: objective (10) for a :class:`~torchrl_mcmc.LangevinFlowActor`, TD3-style.
 
-Paper eqs. 10–11 and §4.1; DESIGN §1.2, §1.3.
+Paper eqs. 10–11 and §4.1; docs/method.md §1.2, §1.3.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
 from torchrl_mcmc.modules.langevin_actor import LangevinFlowActor, LangevinSample, add_action_noise
-from torchrl_mcmc.objectives._common import MCMCPolicyLoss
+from torchrl_mcmc.objectives._common import MCMCPolicyLoss, batch_mean
 
 __all__ = ["LangevinFlowLoss"]
 
@@ -53,6 +53,13 @@ class LangevinFlowLoss(MCMCPolicyLoss):
       (``Q(s, aK) - Q(s, a0)``: what the flow adds over the plain TD3 action
       ``a0 = pi_theta(s)``), ``step_size`` (mean ``eps`` over the layers), ``num_divergent``,
       ``td_error``.
+
+    **Divergent flows** (a non-finite end, see :class:`~torchrl_mcmc.mcmc.LangevinFlow`) are
+    counted in ``num_divergent`` and left out of the objective: the flow is run again on the
+    other states, so that no gradient passes through a diverged one. The diagnostics describe
+    every state, a divergent flow at its fallback ``u0`` (what the actor acts with). When every
+    flow of the batch diverges, ``loss_actor`` and ``loss_flow`` are zeros that backpropagate
+    zero gradients, never NaN.
 
     **The TD target** is TD3's: ``r + gamma * min_j Q'_j(s', a')`` with
     ``a' = clamp(squash(f_h'(u0')) + clamp(N(0, policy_noise^2), -noise_clip, noise_clip) * w)``,
@@ -193,10 +200,10 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     # ------------------------------------------------------------------ objective (10)
     def _flow(
         self, tensordict: TensorDictBase, freeze: Literal["flow", "policy"] | None
-    ) -> tuple[LangevinSample, TensorDictBase, Tensor]:
+    ) -> tuple[LangevinSample, TensorDictBase, Tensor, LangevinSample]:
         """A differentiable flow; ``freeze`` names the parameters it must not reach.
 
-        Returns the sample, the states it belongs to and the number of divergent flows.
+        Returns what :meth:`_guarded_sample` does.
         """
         critic = self.qvalue_network_params.detach()
         if freeze is None:
@@ -213,16 +220,26 @@ class LangevinFlowLoss(MCMCPolicyLoss):
 
     def _guarded_sample(
         self, tensordict: TensorDictBase, critic: TensorDictBase
-    ) -> tuple[LangevinSample, TensorDictBase, Tensor]:
-        out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
-        num_divergent = out.divergent.sum()
-        if num_divergent:
+    ) -> tuple[LangevinSample, TensorDictBase, Tensor, LangevinSample]:
+        """The flow on every state, and the flows that did not diverge, to train on.
+
+        Returns ``(sample, states, num_divergent, acted)``: the flows to train on (none when
+        every flow diverged), the states they belong to, the number of states dropped, and
+        the first run, whose divergent flows fell back to ``u0`` (what the actor acts with),
+        for the diagnostics.
+        """
+        acted = out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
+        states = tensordict
+        while out.divergent.any():
             # A diverged flow's backward multiplies zero upstream gradients by non-finite local
             # derivatives (0 * inf = nan) and would poison every parameter's gradient. The flow
             # is deterministic, so running it again on the other states alone is clean.
-            tensordict = tensordict[~out.divergent]
-            out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
-        return out, tensordict, num_divergent
+            states = states[~out.divergent]
+            out = self.actor.sample(states, create_graph=True, critic_params=critic)
+        num_divergent = torch.tensor(
+            tensordict.batch_size.numel() - states.batch_size.numel(), device=out.u0.device
+        )
+        return out, states, num_divergent, acted
 
     def _objective(self, tensordict: TensorDictBase, out: LangevinSample) -> tuple[Tensor, Tensor]:
         """Per-state ``J`` of eq. 10 (critic detached, prior frozen, smoothed norm) and the
@@ -234,27 +251,34 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
         freeze = "flow" if self.update_mode == "alternating" else None
-        out, states, num_divergent = self._flow(tensordict, freeze)
+        out, states, num_divergent, acted = self._flow(tensordict, freeze)
         objective, q_end = self._objective(states, out)
-        metadata = self._diagnostics(states, out, q_end)
+        if acted is out:
+            metadata = self._diagnostics(states, out, q_end)
+        else:
+            metadata = self._diagnostics(tensordict, acted)
         metadata["num_divergent"] = num_divergent.to(metadata["policy_distance"].dtype)
-        return -objective.mean(), metadata
+        return batch_mean(-objective), metadata
 
     def flow_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and coupling networks."""
-        out, states, _ = self._flow(tensordict, "policy")
-        return -self._objective(states, out)[0].mean(), {}
+        out, states, _, _ = self._flow(tensordict, "policy")
+        return batch_mean(-self._objective(states, out)[0]), {}
 
     def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         return self.flow_loss(tensordict)
 
     @torch.no_grad()
     def _diagnostics(
-        self, tensordict: TensorDictBase, out: LangevinSample, q_end: Tensor
+        self, tensordict: TensorDictBase, out: LangevinSample, q_end: Tensor | None = None
     ) -> dict[str, Tensor]:
+        """Detached diagnostics of a flow; ``q_end``: ``min_i Q_i(s, aK)`` if already known."""
         low, high = self.actor.action_low.to(out.u0.dtype), self.actor.action_high.to(out.u0.dtype)
         base_action = squash(out.u0, low, high)
-        q_start = self._qvalues(tensordict, base_action, self.qvalue_network_params).min(0).values
+        params = self.qvalue_network_params
+        q_start = self._qvalues(tensordict, base_action, params).min(0).values
+        if q_end is None:
+            q_end = self._qvalues(tensordict, out.action, params).min(0).values
         step_size = self.actor.flow.step_size
         return {
             "policy_distance": (out.action - out.prior_action).norm(dim=-1).mean(),
