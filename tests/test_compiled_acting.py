@@ -78,3 +78,33 @@ def test_a_working_compile_reaches_the_collector_and_leaves_the_rng_alone(monkey
     eager = utils.make_collector(_smoke_cfg(False), copy.deepcopy(policy), CPU, seed=0)
     assert eager.compiled_policy is False
     eager.shutdown()
+
+
+def test_both_actors_compile_into_one_graph() -> None:
+    """No graph break in a compiled action (the divergence warning's data-dependent test
+    split it in two, which doubled a compiled HMC action's cost)."""
+    from conftest import make_policy, make_td3_policy
+    from tensordict import TensorDict
+    from torch import nn
+    from torchrl.data import Bounded
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+    from torchrl.modules import MLP, ValueOperator
+
+    from torchrl_mcmc import HMCActor, LangevinFlowActor
+
+    def relu_critic() -> ValueOperator:  # the scripts' critics: the closed-form gradient path
+        net = MLP(in_features=5, out_features=1, num_cells=[8, 8], activation_class=nn.ReLU)
+        return ValueOperator(net, in_keys=["observation", "action"])
+
+    spec = Bounded(-1.0, 1.0, shape=(2,))
+    actors = [
+        HMCActor(make_policy(3, 2), relu_critic(), num_steps=2),
+        LangevinFlowActor(
+            make_td3_policy(3, 2), relu_critic(), state_dim=3, action_spec=spec, num_layers=2
+        ),
+    ]
+    for actor in actors:
+        torch._dynamo.reset()
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+            explained = torch._dynamo.explain(actor)(TensorDict({"observation": torch.randn(3)}))
+        assert explained.graph_break_count == 0, explained.break_reasons
