@@ -67,7 +67,7 @@ else
         --configs sac exact_alternating exact_joint entropy entropy_fast bon_sac td3 ld_td3 \
         --num-steps 5 --updates 100 --warmup 10 --chunk 10 --profile-updates 10 \
         --collection-policies sac entropy_fast --collection-frames 2000 \
-        --frames-per-batch 500 --compile-critic-loss compile cudagraphs --output "$OUTPUT"
+        --frames-per-batch 250 --compile-critic-loss compile cudagraphs --output "$OUTPUT"
 fi
 stage "result check" "$check_limit" "$PYTHON" -m benchmarks.update_speed --check "$OUTPUT"
 if [[ -n "${OUT:-}" && -f "$OUTPUT" ]]; then

@@ -624,13 +624,16 @@ def time_collection(
     rounds = max(1, math.ceil(frames / frames_per_batch))
     seconds = dict.fromkeys(iterators, 0.0)
     counted = dict.fromkeys(iterators, 0)
+    round_fps: dict[str, list[float]] = {key: [] for key in iterators}
     keys = list(iterators)
     for r in range(rounds):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             start = time.perf_counter()
             batch = next(iterators[key])
-            seconds[key] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            seconds[key] += elapsed
             counted[key] += batch.numel()
+            round_fps[key].append(batch.numel() / elapsed)
         logger.info("collection round %d/%d done", r + 1, rounds)
     for collector in collectors:
         collector.shutdown()
@@ -653,8 +656,11 @@ def time_collection(
             continue
         for suffix, base_suffix in (("", ""), (COMPILED, COMPILED), (COMPILED, "")):
             if name + suffix in entries and base + base_suffix in entries:
-                ratio = entries[name + suffix]["fps"] / entries[base + base_suffix]["fps"]
-                ratios[f"{name}{suffix}/{base}{base_suffix}"] = ratio
+                # Paired per round, as the update ratios: the load of a shared machine drifts.
+                pairs = zip(round_fps[name + suffix], round_fps[base + base_suffix], strict=True)
+                ratios[f"{name}{suffix}/{base}{base_suffix}"] = statistics.median(
+                    a / b for a, b in pairs
+                )
     return {
         "env": ENV_NAME,
         "num_steps": HEADLINE_K,
@@ -663,6 +669,8 @@ def time_collection(
         "init_random_frames=0",
         "policies": entries,
         "ratios": ratios,
+        "ratio_note": "median over rounds of (frames/s of the policy / frames/s of its baseline "
+        "in the same round)",
     }
 
 
@@ -763,7 +771,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also time these variants of sac, td3 and the default with a compiled critic loss",
     )
     parser.add_argument("--collection-frames", type=int, default=5000, help="timed frames each")
-    parser.add_argument("--frames-per-batch", type=int, default=500)
+    parser.add_argument("--frames-per-batch", type=int, default=250)
     parser.add_argument(
         "--collection-policies", nargs="+", default=list(COLLECTION_POLICIES), help="configs"
     )
