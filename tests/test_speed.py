@@ -58,7 +58,7 @@ def test_configurations_reach_the_method_and_k_its_chain() -> None:
     assert exact.actor.prior_kind == "policy" and exact.actor.potential_critic == "min"
     assert exact.loss.update_mode == "alternating" and exact.loss.next_action == "chain"
     assert update_speed.build_variant("h_every_2", 1, CPU, TINY).method.h_update_interval == 2
-    assert update_speed.build_variant("bon_sac", 3, CPU, TINY).method.actor.num_samples == 4
+    assert update_speed.build_variant("bon_sac", 3, CPU, TINY).method.policy.num_samples == 4
     assert update_speed.build_variant("ld_td3", 3, CPU, TINY).method.actor.flow.num_layers == 3
 
 
