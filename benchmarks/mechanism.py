@@ -55,7 +55,7 @@ from torchrl.modules import NormalParamExtractor, ProbabilisticActor, TanhModule
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a script from any directory
 
-from benchmarks.update_speed import metadata  # noqa: E402
+from examples.experiment import provenance  # noqa: E402
 from torchrl_mcmc import HMCActor, HMCLoss, LangevinFlowActor, LangevinFlowLoss  # noqa: E402
 from torchrl_mcmc.mcmc import normal_log_prob, squash, standard_normal_log_prob  # noqa: E402
 
@@ -406,8 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     # The protocol a finished run was trained under; the grid (K values, seeds) may grow.
     grid = ("output", "fresh", "threads", "num_steps", "seeds")
     settings = {k: v for k, v in vars(args).items() if k not in grid}
-    header = metadata(argv, args.threads)
-    header["command"] = " ".join(["python benchmarks/mechanism.py", *argv])
+    header = provenance(command=["python", "benchmarks/mechanism.py", *argv])
     runs: list[dict] = []
     if args.output.exists() and not args.fresh:
         previous = json.loads(args.output.read_text())

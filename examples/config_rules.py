@@ -178,6 +178,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "collector.frames_per_batch": integer(1),
     "collector.init_random_frames": integer(0),
     "collector.num_workers": integer(1),
+    "collector.compile_policy": flag,
     "replay.size": integer(1),
     "replay.batch_size": integer(1),
     "optim.lr": _positive,
@@ -336,6 +337,7 @@ def leaves(cfg: DictConfig) -> dict[str, Any]:
 #: reports, evaluates and checkpoints, never what it learns or how.
 RESUME_MAY_CHANGE = (
     "collector.total_frames",
+    "collector.compile_policy",  # how fast it acts, not what
     "threads",
     "progress_bar",
     "eval.",

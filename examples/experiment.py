@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -326,11 +327,23 @@ def _setup_file_logging(run_dir: Path) -> None:
     package_logger.setLevel(logging.INFO)
 
 
-def provenance() -> dict[str, Any]:
-    """Git commit (and whether the tree was dirty), date and CPU of this run.
+def provenance(
+    command: list[str] | None = None, device: torch.device | str | None = None
+) -> dict[str, Any]:
+    """What every result records (docs/benchmarks.md): the command, git commit (and whether
+    the tree was dirty), date, package versions, device, CPU model and thread count.
 
-    What every result records (docs/benchmarks.md).
+    The one provenance helper of the training runs' ``summary.json`` and of every benchmark.
+
+    Args:
+        command: the command that made the result (default: this process's ``sys.argv``).
+        device: the device it ran on (default: CPU).
     """
+    import gymnasium
+    import mujoco
+    import tensordict
+    import torchrl
+
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
@@ -340,39 +353,31 @@ def provenance() -> dict[str, Any]:
         except OSError:
             return ""
 
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        models = (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
+        cpu = next(models, cpu)
     return {
+        "command": shlex.join(sys.argv if command is None else command),
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchrl": torchrl.__version__,
+            "tensordict": tensordict.__version__,
+            "gymnasium": gymnasium.__version__,
+            "mujoco": mujoco.__version__,
+        },
+        "device": str(torch.device("cpu") if device is None else torch.device(device)),
         "cpu": cpu,
-    }
-
-
-def versions() -> dict[str, str]:
-    import gymnasium
-    import mujoco
-    import tensordict
-    import torchrl
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchrl": torchrl.__version__,
-        "tensordict": tensordict.__version__,
-        "gymnasium": gymnasium.__version__,
-        "mujoco": mujoco.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -796,11 +801,7 @@ def _write_summary(cfg: DictConfig, run_dir: Path, progress: _Progress) -> None:
         "frames": progress.frames,
         "updates": progress.updates,
         "wall_time_s": round(progress.wall_time, 1),
-        "command": " ".join(sys.argv),
-        "versions": versions(),
-        **provenance(),
-        "device": str(resolve_device(cfg.device)),
-        "threads": torch.get_num_threads(),
+        **provenance(device=resolve_device(cfg.device)),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("final return %.2f after %d frames", summary["final_return"], progress.frames)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 
 import torch
 from omegaconf import DictConfig
@@ -28,6 +29,7 @@ from torchrl.envs import (
     StepCounter,
     TransformedEnv,
 )
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import (
     MLP,
     AdditiveGaussianModule,
@@ -165,18 +167,50 @@ def make_critic(cfg: DictConfig, env: EnvBase) -> ValueOperator:
 
 
 # ---------------------------------------------------------------------------- data
+def acting_compiles(policy: nn.Module, cfg: DictConfig, device: torch.device) -> bool:
+    """Whether ``torch.compile`` runs ``policy`` here: one compiled call on a reset of the
+    task, as a collector makes it (no grad, exploration on), on a copy of the RNG state.
+
+    A platform without a working compiler tool chain, or a policy the compiler cannot handle,
+    fails here, once, instead of inside the collector in the middle of a run. The collector
+    compiles again (its inputs differ from this reset's), mostly from the compiler's caches.
+    """
+    env = make_env(cfg, "cpu")
+    start = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            compiled = torch.compile(policy)
+            with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+                compiled(env.reset().to(device))
+    except Exception as err:  # whatever fails, the policy still acts eagerly
+        logger.warning(
+            "collector.compile_policy: torch.compile fails on the acting policy (%s: %s); "
+            "collecting eagerly.",
+            type(err).__name__,
+            next(iter(str(err).splitlines()), ""),
+        )
+        return False
+    finally:
+        env.close()
+    logger.info("acting with a compiled policy (first compile %.1f s)", time.perf_counter() - start)
+    return True
+
+
 def make_collector(cfg: DictConfig, policy: nn.Module, device: torch.device, seed: int):
     """TorchRL's single-process ``Collector``, or ``MultiSyncCollector`` for several workers.
 
     ``seed`` seeds the environments (each worker gets its own seed derived from it). The
     policy's whole state travels to the workers (``TensorDict.from_module(policy)``): for the
     HMC actor that includes the critic parameters it acts with and the chain's parameters.
+    With ``collector.compile_policy`` the collector acts with ``torch.compile``'s version of
+    the policy (:func:`acting_compiles` checks first that it works; eager otherwise).
     """
     common = {
         "frames_per_batch": cfg.collector.frames_per_batch,
         "total_frames": cfg.collector.total_frames,
         "init_random_frames": cfg.collector.init_random_frames,
         "auto_register_policy_transforms": False,
+        "compile_policy": cfg.collector.compile_policy and acting_compiles(policy, cfg, device),
     }
     if cfg.collector.num_workers == 1:
         env = make_env(cfg, "cpu")

@@ -348,7 +348,14 @@ class MCMCActorBase(TensorDictModuleBase):
 
     def _warn_divergent(self, divergent: Tensor, what: str) -> None:
         """Logs how many samples a chain lost to divergence (they fell back to ``u0``), on the
-        logger of the actor's module."""
+        logger of the actor's module.
+
+        Not inside ``torch.compile``: the test reads a tensor's value, which splits the compiled
+        graph there and doubles the cost of a compiled action. The per-sample flags are still
+        in the actor's output (its ``"divergent"`` key), and the losses count them.
+        """
+        if torch.compiler.is_compiling():
+            return
         if divergent.any():
             logging.getLogger(type(self).__module__).warning(
                 "%s diverged for %d of %d samples; they fall back to u0.",
