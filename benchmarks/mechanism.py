@@ -1,4 +1,4 @@
-"""Mechanism benchmark (BENCHMARKS.md §2): does the chain close the amortisation gap?
+"""Mechanism benchmark (docs/benchmarks.md §2): does the chain close the amortisation gap?
 
 RL noise removed: a contextual bandit with a *known* critic and no critic learning.
 
@@ -9,7 +9,7 @@ RL noise removed: a contextual bandit with a *known* critic and no critic learni
 * Policies too weak to represent ``a*``: a **linear** Gaussian ``u ~ N(W s + b, diag(sp(V s +
   c)))`` for HMC, a linear deterministic ``u = W s + b`` for the Langevin flow (``a = tanh u``).
   The best linear fit of ``0.8 sin(pi x)`` on ``[-1, 1]`` leaves a residual std of 0.35 per
-  dimension: a gap by construction (DESIGN §1.4).
+  dimension: a gap by construction (docs/method.md §1.4).
 * Fixed prior and beta: the prior is the initial policy (``N(0, I)`` in ``u``, resp. ``a = 0``),
   never refreshed, so each objective has one known optimum:
 
