@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import InteractionType, TensorDictModuleBase
+from tensordict.nn.probabilistic import interaction_type
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.data import Bounded, TensorSpec
@@ -45,6 +46,21 @@ class MCMCActorBase(TensorDictModuleBase):
     critic_params: TensorDictParams | None
     action_key: NestedKey
     value_key: NestedKey
+
+    # ------------------------------------------------------------------ acting
+    @property
+    def default_interaction_type(self) -> InteractionType:
+        """The wrapped policy's default, used when no interaction type is set."""
+        return self.policy.default_interaction_type
+
+    def _explores(self) -> bool:
+        """Whether acting samples (TorchRL's ``RANDOM`` interaction type, as collectors set for
+        exploration) or is deterministic (``DETERMINISTIC``/``MODE``/``MEAN``); with none set,
+        the wrapped policy's default decides."""
+        mode = interaction_type()
+        if mode is None:
+            mode = self.default_interaction_type
+        return mode == InteractionType.RANDOM
 
     # ------------------------------------------------------------------ the action box
     @staticmethod

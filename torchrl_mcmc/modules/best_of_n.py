@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import InteractionType, ProbabilisticTensorDictSequential, TensorDictModuleBase
-from tensordict.nn.probabilistic import interaction_type
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
 
@@ -116,14 +115,6 @@ class BestOfNActor(MCMCActorBase):
             action = candidates.gather(0, index).squeeze(0)
             return action, log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
 
-    @property
-    def default_interaction_type(self) -> InteractionType:
-        """The wrapped policy's default, used when no interaction type is set."""
-        return self.policy.default_interaction_type
-
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        mode = interaction_type()
-        if mode is None:
-            mode = self.default_interaction_type
-        action, _ = self.select(tensordict, explore=mode == InteractionType.RANDOM)
+        action, _ = self.select(tensordict, explore=self._explores())
         return tensordict.set(self.action_key, action)

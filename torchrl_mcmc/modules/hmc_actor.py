@@ -13,12 +13,10 @@ from typing import Literal, NamedTuple
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import (
-    InteractionType,
     ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
     TensorDictModuleBase,
 )
-from tensordict.nn.probabilistic import interaction_type
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torch import distributions as D
@@ -494,17 +492,9 @@ class HMCActor(MCMCActorBase):
                 divergent=torch.zeros(loc.shape[:-1], dtype=torch.bool, device=loc.device),
             )
 
-    @property
-    def default_interaction_type(self) -> InteractionType:
-        """The wrapped policy's default, used when no interaction type is set."""
-        return self.policy.default_interaction_type
-
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        mode = interaction_type()
-        if mode is None:
-            mode = self.default_interaction_type
         with torch.no_grad():
-            out = self.sample(tensordict, explore=mode == InteractionType.RANDOM)
+            out = self.sample(tensordict, explore=self._explores())
         tensordict.set(self.action_key, out.action)
         keys = self.hmc_keys
         tensordict.set(keys["u0"], out.u0)
