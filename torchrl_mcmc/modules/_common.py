@@ -5,7 +5,9 @@ frozen prior snapshot."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -15,9 +17,11 @@ from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.data import Bounded, TensorSpec
 
-from torchrl_mcmc.modules._fast_paths import _PiecewiseLinearCritic
+from torchrl_mcmc.modules._fast_paths import _PiecewiseLinearCritic, mean_minus_std
 
-__all__ = ["MCMCActorBase"]
+__all__ = ["MCMCActorBase", "PotentialCritic"]
+
+PotentialCritic = Literal["min", "first", "mean_std"]
 
 
 def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
@@ -109,6 +113,55 @@ class MCMCActorBase(TensorDictModuleBase):
         self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
         # None for critics the fast path does not cover: they take the generic TensorDict path.
         self._fast_critic = _PiecewiseLinearCritic.from_critic(critic)
+
+    def _set_potential_critic(self, potential_critic: PotentialCritic, pessimism: float) -> None:
+        """Checks and sets which critics the potential reads, and how they are combined."""
+        if potential_critic not in ("min", "first", "mean_std"):
+            raise ValueError(
+                "potential_critic must be 'min', 'first' or 'mean_std', got "
+                f"potential_critic={potential_critic!r}."
+            )
+        if isinstance(pessimism, bool) or not (
+            isinstance(pessimism, (int, float)) and math.isfinite(pessimism) and pessimism >= 0
+        ):
+            raise ValueError(
+                f"pessimism must be a finite number >= 0, got pessimism={pessimism!r}."
+            )
+        if potential_critic != "mean_std" and pessimism != 1.0:
+            raise ValueError(
+                f"pessimism={pessimism!r} is read only with potential_critic='mean_std', got "
+                f"potential_critic={potential_critic!r}."
+            )
+        self.potential_critic = potential_critic
+        self.pessimism = float(pessimism)
+
+    def scored_value(self, values: Tensor) -> Tensor:
+        """The value the actor trusts, from every critic's ``[num_critics, *batch]`` values:
+        ``mean - pessimism * std`` with ``potential_critic="mean_std"``, the minimum otherwise
+        (``"first"`` changes which critics the chain evaluates, not how an action is scored).
+
+        What the potential ascends and what the loss's objective scores.
+        """
+        if self.potential_critic == "mean_std":
+            return mean_minus_std(values, self.pessimism)
+        return values.min(dim=0).values
+
+    def _potential_params(self, critic_params: TensorDictBase | None) -> TensorDictBase | None:
+        """The critics the potential reads: all of them, or the first (``potential_critic``)."""
+        params = self.critic_params if critic_params is None else critic_params
+        if self.potential_critic == "first" and params is not None and params.ndim == 1:
+            return params[:1]
+        return params
+
+    def potential_value(
+        self,
+        tensordict: TensorDictBase,
+        action: Tensor,
+        critic_params: TensorDictBase | None = None,
+    ) -> Tensor:
+        """``Q(s, action)`` as the potential reads it (:attr:`potential_critic`), ``[*batch]``."""
+        values = self.critic_values(tensordict, action, self._potential_params(critic_params))
+        return self.scored_value(values)
 
     @property
     def has_fast_critic(self) -> bool:
@@ -264,7 +317,8 @@ class MCMCActorBase(TensorDictModuleBase):
     def _critic_action_grad(
         self, tensordict: TensorDictBase, params: TensorDictBase | None, *, create_graph: bool
     ) -> Callable[[Tensor], Tensor]:
-        """``action -> grad_a min_i Q_i(s, action)`` at the states of ``tensordict``.
+        """``action -> grad_a Q(s, action)`` at the states of ``tensordict``, ``Q`` the critics'
+        :meth:`scored_value` (their minimum by default).
 
         Set up once per chain (or flow). ``create_graph`` keeps the gradient's graph (to the
         action and to parameters that require gradients) wherever it is not identically zero;
@@ -291,20 +345,28 @@ class MCMCActorBase(TensorDictModuleBase):
                 if isinstance(layer, tuple)
                 for t in layer
             )
-            if constant_params:
+            # mean - k * std is piecewise linear in the critics' values for two critics
+            # (std = |Q_1 - Q_2| / 2) but curved for more: then a graph needs autograd.
+            curved = self.potential_critic == "mean_std" and layers[0][0].shape[0] > 2
+            if constant_params and not (curved and create_graph):
                 # Piecewise linear in the action: autograd's derivative of grad_a Q w.r.t. the
                 # action is exactly zero, so with constant parameters the closed form is the
                 # whole answer, create_graph or not.
+                if self.potential_critic == "mean_std":
+                    pessimism = self.pessimism
+                    return lambda action: bound.mean_std_value_and_grad(action.detach(), pessimism)[
+                        1
+                    ]
                 return lambda action: bound.min_value_and_grad(action.detach())[1]
 
             def min_value(action: Tensor) -> Tensor:
-                return bound.values(action).min(dim=0).values
+                return self.scored_value(bound.values(action))
 
         else:
             states = tensordict.select(*self._critic_state_keys)
 
             def min_value(action: Tensor) -> Tensor:
-                return self._generic_critic_values(states, action, params).min(dim=0).values
+                return self.scored_value(self._generic_critic_values(states, action, params))
 
         def by_autograd(action: Tensor) -> Tensor:
             with torch.enable_grad():

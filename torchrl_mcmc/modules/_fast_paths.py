@@ -121,6 +121,31 @@ _PIECEWISE_LINEAR_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Identity)
 # backward (see _BoundCritic._picked_grad_grouped); below it the extra small ops cost more.
 _MIN_STATES_TO_GROUP = 64
 
+# Below this variance across the critics, mean_minus_std treats them as agreeing (std = 0): the
+# std's derivative (centred value / std) is undefined at 0, and is taken as 0 there.
+_VAR_FLOOR = 1e-12
+
+
+def mean_minus_std(values: Tensor, pessimism: float) -> Tensor:
+    """``mean_i Q_i - pessimism * std_i Q_i`` over the critics (dim 0, population std).
+
+    A lower confidence bound on the value from an ensemble of critics. With two critics the
+    population std is ``|Q_1 - Q_2| / 2``, so ``pessimism = 1`` is exactly their minimum,
+    ``0`` their mean, and ``> 1`` more pessimistic than the minimum.
+    """
+    return values.mean(dim=0) - pessimism * _spread(values)[0]
+
+
+def _spread(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(std, centred values, where std > 0)`` over dim 0; ``std`` is exactly 0, with a zero
+    gradient, where the critics agree (the square root's derivative is infinite there)."""
+    centered = values - values.mean(dim=0)
+    var = centered.pow(2).mean(dim=0)
+    spread = var > _VAR_FLOOR
+    std = torch.where(spread, var.where(spread, 1.0).sqrt(), 0.0)
+    return std, centered, spread
+
+
 _Linear = tuple[Tensor, Tensor | None]  # (weight.T [n, in, out], bias [n, 1, out] or None)
 
 
@@ -308,8 +333,26 @@ class _BoundCritic:
         if index.numel() >= _MIN_STATES_TO_GROUP and index.device.type == "cpu" and len(values) > 1:
             grad = self._picked_grad_grouped(saved, index)
         else:
-            grad = self._picked_grad_batched(saved, index)
+            grad = self._every_grad(saved)
+            grad = grad.expand(grad.shape[0], index.numel(), self.width)
+            grad = grad.gather(0, index.view(1, -1, 1).expand(1, -1, self.width)).squeeze(0)
         return best.reshape(batch), grad.reshape(*batch, self.width)
+
+    def mean_std_value_and_grad(self, action: Tensor, pessimism: float) -> tuple[Tensor, Tensor]:
+        """:func:`mean_minus_std` of the critics and its gradient w.r.t. the action, in closed
+        form (no graph, as :meth:`min_value_and_grad`).
+
+        ``d(mean - k * std) / dQ_i = (1 - k * (Q_i - mean) / std) / n``: the gradient is every
+        critic's gradient weighted by that (``1 / n`` each where the critics agree).
+        """
+        values, saved = self._forward(action, keep=True)
+        std, centered, spread = _spread(values)
+        ratio = torch.where(spread, centered / torch.where(spread, std, 1.0), 0.0)
+        weights = (1.0 - pessimism * ratio) / values.shape[0]  # [n, N]
+        grad = (weights.unsqueeze(-1) * self._every_grad(saved)).sum(dim=0)
+        value = values.mean(dim=0) - pessimism * std
+        batch = action.shape[:-1]
+        return value.reshape(batch), grad.reshape(*batch, self.width)
 
     def _backward_weights(self) -> list[Tensor | nn.Module]:
         """The layers for the backward, last to first: ``[n, out, in]`` weights, activations."""
@@ -319,9 +362,10 @@ class _BoundCritic:
         ]
         return [*reversed(layers), self.first_weight_t.transpose(-1, -2)]
 
-    def _picked_grad_batched(self, saved: list[Tensor | None], index: Tensor) -> Tensor:
-        # Every critic's backward at once (batched matmuls), then the rows of the picked
-        # critic. Cheapest for few states, where the op count is what costs.
+    def _every_grad(self, saved: list[Tensor | None]) -> Tensor:
+        """Every critic's gradient w.r.t. the action, ``[n, N, width]`` (``[n, 1, width]`` for a
+        critic that is linear in it): one backward for all critics at once (batched matmuls),
+        cheapest for few states, where the op count is what costs."""
         last, *layers = self._backward_weights()
         grad = last  # [n, 1, hidden]: d Q / d (last layer's input), the same at every state
         saved_iter = reversed(saved)
@@ -330,8 +374,7 @@ class _BoundCritic:
                 grad = _activation_backward(layer, grad, next(saved_iter))
             else:
                 grad = torch.matmul(grad, layer)
-        grad = grad.expand(grad.shape[0], index.numel(), self.width)
-        return grad.gather(0, index.view(1, -1, 1).expand(1, -1, self.width)).squeeze(0)
+        return grad
 
     def _picked_grad_grouped(self, saved: list[Tensor | None], index: Tensor) -> Tensor:
         # Only the picked critic's backward: states grouped by the critic that won them, one

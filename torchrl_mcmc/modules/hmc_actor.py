@@ -25,7 +25,7 @@ from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, squash_log_det
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
-from torchrl_mcmc.modules._common import MCMCActorBase, _unique
+from torchrl_mcmc.modules._common import MCMCActorBase, PotentialCritic, _unique
 from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
 
 __all__ = ["HMCActor", "HMCSample"]
@@ -33,7 +33,6 @@ __all__ = ["HMCActor", "HMCSample"]
 _GAUSSIAN_CLASSES = (TanhNormal, IndependentNormal, D.Normal)
 
 Prior = Literal["policy", "uniform"]
-PotentialCritic = Literal["min", "first"]
 
 
 class HMCSample(NamedTuple):
@@ -142,7 +141,12 @@ class HMCActor(MCMCActorBase):
             ``U(u) = -(Q / beta + log|det da/du|(u))``.
         potential_critic: which critics ``Q`` in the potential reads. ``"min"``: the minimum
             over the bound critics (as SAC's policy objective). ``"first"``: the first critic
-            alone, one critic evaluation per step instead of one per critic.
+            alone, one critic evaluation per step instead of one per critic. ``"mean_std"``:
+            ``mean - pessimism * std`` over the critics, a lower confidence bound against
+            the chain climbing into actions the critics overrate (with twin critics,
+            ``pessimism=1`` is their minimum). ``"mean_std"`` also sets the ``Q`` that
+            :class:`~torchrl_mcmc.HMCLoss`'s objective scores (the minimum otherwise).
+        pessimism: ``k >= 0`` of ``potential_critic="mean_std"`` (leave at 1 otherwise).
         action_key: where the action is written; defaults to the policy's sample key.
         hmc_key: prefix of the chain's outputs (``(hmc_key, "u0")`` ...).
         flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``
@@ -189,6 +193,7 @@ class HMCActor(MCMCActorBase):
         beta: float = 1.0,
         prior: Prior = "policy",
         potential_critic: PotentialCritic = "min",
+        pessimism: float = 1.0,
         action_key: NestedKey | None = None,
         hmc_key: NestedKey = "hmc",
         flow: HamiltonianFlow | None = None,
@@ -196,11 +201,7 @@ class HMCActor(MCMCActorBase):
         super().__init__()
         if prior not in ("policy", "uniform"):
             raise ValueError(f"prior must be 'policy' or 'uniform', got prior={prior!r}.")
-        if potential_critic not in ("min", "first"):
-            raise ValueError(
-                "potential_critic must be 'min' or 'first', got "
-                f"potential_critic={potential_critic!r}."
-            )
+        self._set_potential_critic(potential_critic, pessimism)
         if not isinstance(policy, ProbabilisticTensorDictSequential):
             raise TypeError(
                 "policy must be a tensordict ProbabilisticTensorDictSequential (e.g. torchrl's "
@@ -245,7 +246,6 @@ class HMCActor(MCMCActorBase):
         self._set_critic(critic, action_key)
         self.flow = flow
         self.prior_kind = prior
-        self.potential_critic = potential_critic
         # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
         self.prior = copy.deepcopy(policy).requires_grad_(False)
         self.register_module("critic_params", None)
@@ -303,21 +303,13 @@ class HMCActor(MCMCActorBase):
         ``prior_scale`` unused). ``Q`` reads the critics :attr:`potential_critic` names.
         """
         beta = self.beta
-        critic_params = self._potential_params(critic_params)
 
         def potential(u: Tensor) -> Tensor:
             action = squash(u, self.action_low.to(u.dtype), self.action_high.to(u.dtype))
-            q = self.critic_value(tensordict, action, critic_params)
+            q = self.potential_value(tensordict, action, critic_params)
             return -(q / beta + self.log_prior(u, prior_loc, prior_scale))
 
         return potential
-
-    def _potential_params(self, critic_params: TensorDictBase | None) -> TensorDictBase | None:
-        """The critics the potential reads: all of them, or the first (``potential_critic``)."""
-        params = self.critic_params if critic_params is None else critic_params
-        if self.potential_critic == "first" and params is not None and params.ndim == 1:
-            return params[:1]
-        return params
 
     def potential_grad_fn(
         self,

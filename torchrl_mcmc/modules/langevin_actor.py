@@ -21,7 +21,7 @@ from torchrl.modules import TanhModule
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
-from torchrl_mcmc.modules._common import MCMCActorBase, _unique
+from torchrl_mcmc.modules._common import MCMCActorBase, PotentialCritic, _unique
 from torchrl_mcmc.modules._fast_paths import (
     _deterministic_policy_output,
     _plain_deterministic_policy,
@@ -174,6 +174,13 @@ class LangevinFlowActor(MCMCActorBase):
         beta: initial multiplier ``beta > 0`` (a buffer a PID controller overwrites).
         distance_smoothing: ``delta > 0`` of the smoothed norm, in action units.
         exploration_noise: ``>= 0``, in units of the box's half-width (TD3: 0.1).
+        potential_critic: which critics ``Q`` in the potential reads: ``"min"`` (over the
+            bound critics), ``"first"`` (the first alone, one critic evaluation per layer) or
+            ``"mean_std"`` (``mean - pessimism * std`` over the critics: a lower confidence
+            bound against the flow climbing into actions the critics overrate; with twin
+            critics ``pessimism=1`` is their minimum). ``"mean_std"`` also sets the ``Q`` that
+            :class:`~torchrl_mcmc.LangevinFlowLoss`'s objective scores (the minimum otherwise).
+        pessimism: ``k >= 0`` of ``potential_critic="mean_std"`` (leave at 1 otherwise).
         flow_key: prefix of the flow's outputs (``(flow_key, "uK")`` ...).
         flow: a prebuilt :class:`~torchrl_mcmc.mcmc.LangevinFlow` (then ``num_layers``,
             ``step_size``, ``hidden``, ``scale_bound`` and ``state_dim`` come from it).
@@ -219,10 +226,13 @@ class LangevinFlowActor(MCMCActorBase):
         beta: float = 1.0,
         distance_smoothing: float = 0.01,
         exploration_noise: float = 0.1,
+        potential_critic: PotentialCritic = "min",
+        pessimism: float = 1.0,
         flow_key: NestedKey = "flow",
         flow: LangevinFlow | None = None,
     ) -> None:
         super().__init__()
+        self._set_potential_critic(potential_critic, pessimism)
         tanh = _tanh_module(policy)
         action_key = tanh.out_keys[0]
         self._check_critic(critic, action_key, "It is the output key of the policy's TanhModule.")
@@ -332,7 +342,7 @@ class LangevinFlowActor(MCMCActorBase):
 
         def potential(u: Tensor) -> Tensor:
             action = squash(u, self.action_low.to(u.dtype), self.action_high.to(u.dtype))
-            q = self.critic_value(tensordict, action, critic_params)
+            q = self.potential_value(tensordict, action, critic_params)
             return q / beta - smoothed_norm(action - prior_action, smoothing)
 
         return potential
@@ -395,6 +405,7 @@ class LangevinFlowActor(MCMCActorBase):
         """
         inv_beta = 1.0 / self.beta  # per-flow constants
         smoothing_sq = self.distance_smoothing**2
+        critic_params = self._potential_params(critic_params)
 
         def terms(u: Tensor, action: Tensor, squash_grad: Tensor, grad_q: Tensor) -> Tensor:
             # grad_a of the smoothed norm sqrt(||v||^2 + delta^2) - delta.

@@ -44,7 +44,10 @@ class HMCLoss(MCMCPolicyLoss):
 
     (the ``+ beta/2 rho0.rho0`` term is constant). Gradients reach the policy ``theta`` through
     the reparameterised ``u0`` and the whole chain (double backward), and the HMC parameters
-    ``h`` (step sizes, gates) through the chain. The critic is detached in ``J``; the prior
+    ``h`` (step sizes, gates) through the chain. ``Q`` is the actor's
+    :meth:`~torchrl_mcmc.HMCActor.scored_value` of the critics: their minimum, or
+    ``mean - pessimism * std`` with ``potential_critic="mean_std"``. The critic is detached in
+    ``J``; the prior
     ``theta_t`` is frozen and refreshed by :meth:`refresh_prior` once per policy iteration.
 
     Outputs of :meth:`forward`:
@@ -317,24 +320,26 @@ class HMCLoss(MCMCPolicyLoss):
     ) -> Tensor:
         """Per-state ``J`` of eq. 17 (critic detached, prior frozen).
 
-        ``q``: ``min_i Q_i(s, aK)`` with detached critics, if the caller has it already.
+        ``q``: ``Q(s, aK)`` (the actor's ``scored_value`` of the detached critics), if the
+        caller has it already.
         """
         if q is None:
-            q = self._min_q_end(tensordict, out)
+            q = self._q_end(tensordict, out)
         kl = out.log_prob - self.actor.log_prior(out.uK, out.prior_loc, out.prior_scale)
         return q - self.beta * kl - 0.5 * self.beta * out.rhoK.pow(2).sum(-1)
 
-    def _min_q_end(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
-        """``min_i Q_i(s, aK)``: differentiable w.r.t. the action, not the critics."""
+    def _q_end(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
+        """``Q(s, aK)``, the actor's scored value of the critics (their minimum by default):
+        differentiable w.r.t. the action, not the critics."""
         critics = self.qvalue_network_params.detach()
-        return self._qvalues(tensordict, out.action, critics).min(0).values
+        return self.actor.scored_value(self._qvalues(tensordict, out.action, critics))
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
         self._sync_alpha()
         freeze = "h" if self.update_mode == "alternating" else None
         out, states, num_divergent, acted = self._chain(tensordict, freeze)
-        q_end = self._min_q_end(states, out)
+        q_end = self._q_end(states, out)
         if acted is out:
             # One critic evaluation at aK serves the objective and, detached, the diagnostics.
             metadata = self._diagnostics(states, out, q_end.detach())
@@ -356,7 +361,7 @@ class HMCLoss(MCMCPolicyLoss):
     def _diagnostics(
         self, tensordict: TensorDictBase, out: HMCSample, q_end: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Detached diagnostics of a chain; ``q_end``: ``min_i Q_i(s, aK)`` if already known."""
+        """Detached diagnostics of a chain; ``q_end``: ``Q(s, aK)`` if already known."""
         beta = self.beta
         log_prior_u0 = self.actor.log_prior(out.u0, out.prior_loc, out.prior_scale)
         log_prior_uK = self.actor.log_prior(out.uK, out.prior_loc, out.prior_scale)
@@ -364,9 +369,11 @@ class HMCLoss(MCMCPolicyLoss):
         log_rhoK = standard_normal_log_prob(out.rhoK)
         params = self.qvalue_network_params
         low, high = self.actor.action_low, self.actor.action_high
-        q_start = self._qvalues(tensordict, squash(out.u0, low, high), params).min(0).values
+        q_start = self.actor.scored_value(
+            self._qvalues(tensordict, squash(out.u0, low, high), params)
+        )
         if q_end is None:
-            q_end = self._qvalues(tensordict, out.action, params).min(0).values
+            q_end = self.actor.scored_value(self._qvalues(tensordict, out.action, params))
         # ELBO (eq. 15) in units of Q / beta, at the chain's end and at its start (K = 0).
         elbo_end = q_end / beta + log_prior_uK + log_rhoK - out.log_prob - log_rho0
         elbo_start = q_start / beta + log_prior_u0 - out.log_prob

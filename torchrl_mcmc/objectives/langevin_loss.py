@@ -33,8 +33,10 @@ class LangevinFlowLoss(MCMCPolicyLoss):
 
         J = Q(s, aK) - beta * ||aK - pi_theta_t(s)||_delta  ( = beta * U(uK) )
 
-    ``Q`` is the minimum over the critics (detached in ``J``), the same ``Q`` the flow's
-    potential ``U`` uses, so the flow ascends exactly what ``J`` scores; ``||.||_delta`` is the
+    ``Q`` is the actor's :meth:`~torchrl_mcmc.LangevinFlowActor.scored_value` of the critics
+    (their minimum, or ``mean - pessimism * std`` with ``potential_critic="mean_std"``; detached
+    in ``J``), the same ``Q`` the flow's potential ``U`` uses, so the flow ascends exactly what
+    ``J`` scores; ``||.||_delta`` is the
     actor's smoothed norm (see :class:`~torchrl_mcmc.LangevinFlowActor`). TD3 scores its actor
     with the first critic only; the minimum costs one more critic evaluation per state and keeps
     the flow and the objective from disagreeing. Gradients reach the policy ``theta`` through
@@ -244,7 +246,9 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     def _objective(self, tensordict: TensorDictBase, out: LangevinSample) -> tuple[Tensor, Tensor]:
         """Per-state ``J`` of eq. 10 (critic detached, prior frozen, smoothed norm) and the
         ``Q(s, aK)`` in it (for the diagnostics, which would otherwise evaluate it again)."""
-        q = self._qvalues(tensordict, out.action, self.qvalue_network_params.detach()).min(0).values
+        q = self.actor.scored_value(
+            self._qvalues(tensordict, out.action, self.qvalue_network_params.detach())
+        )
         distance = smoothed_norm(out.action - out.prior_action, self.actor.distance_smoothing)
         return q - self.beta * distance, q
 
@@ -272,13 +276,13 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     def _diagnostics(
         self, tensordict: TensorDictBase, out: LangevinSample, q_end: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Detached diagnostics of a flow; ``q_end``: ``min_i Q_i(s, aK)`` if already known."""
+        """Detached diagnostics of a flow; ``q_end``: ``Q(s, aK)`` if already known."""
         low, high = self.actor.action_low.to(out.u0.dtype), self.actor.action_high.to(out.u0.dtype)
         base_action = squash(out.u0, low, high)
         params = self.qvalue_network_params
-        q_start = self._qvalues(tensordict, base_action, params).min(0).values
+        q_start = self.actor.scored_value(self._qvalues(tensordict, base_action, params))
         if q_end is None:
-            q_end = self._qvalues(tensordict, out.action, params).min(0).values
+            q_end = self.actor.scored_value(self._qvalues(tensordict, out.action, params))
         step_size = self.actor.flow.step_size
         return {
             "policy_distance": (out.action - out.prior_action).norm(dim=-1).mean(),
