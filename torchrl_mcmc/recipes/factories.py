@@ -104,11 +104,8 @@ def _mlp(
 
 
 def _policy_hidden(cfg: DictConfig) -> list[int] | None:
-    """``network.policy_hidden`` (``[]``: a linear policy), or None to use ``network.hidden``.
-
-    Read with ``get``: configurations saved before the key existed resume unchanged.
-    """
-    hidden = cfg.network.get("policy_hidden")
+    """``network.policy_hidden`` (``[]``: a linear policy), or None to use ``network.hidden``."""
+    hidden = cfg.network.policy_hidden
     return None if hidden is None else list(hidden)
 
 

@@ -211,7 +211,7 @@ def _restore(run: OpenRun, method: Method, buffer: TensorDictReplayBuffer) -> Pr
     returns its progress."""
     state = run.state
     method.load_state_dict(state["method"])
-    if state.get("replay") is not None:
+    if state["replay"] is not None:
         buffer.load_state_dict(state["replay"])
     set_rng_state(state["rng"])
     progress = Progress(**state["progress"])
@@ -224,7 +224,7 @@ def _make_logger(cfg: DictConfig, run: OpenRun, progress: Progress) -> Logger | 
     state, unless the resume changed the logger settings (a new logger then)."""
     logger_state = None
     if run.resumed is not None and not any(k.startswith("logger.") for k in run.resumed.changed):
-        logger_state = run.state.get("logger")
+        logger_state = run.state["logger"]
     exp_logger = get_logger(
         cfg.logger.backend,
         logger_name=str(run.path / "logs"),

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -15,7 +15,7 @@ from torchrl_mcmc import PIDController
 
 
 class Method(Protocol):
-    """What a script provides: the acting policy and one gradient update."""
+    """What a recipe provides the trainer: the acting policy and one gradient update."""
 
     #: The policy the collector and the evaluation run (exploration by interaction type).
     policy: nn.Module
@@ -37,7 +37,7 @@ class Method(Protocol):
 
 
 class LossMethod:
-    """What every script's :class:`Method` shares: a TorchRL loss, its optimisers and checkpoint.
+    """What every recipe's :class:`Method` shares: a TorchRL loss, its optimisers and checkpoint.
 
     Each method is one loss module with a soft update of its target networks, trained by named
     optimisers; the HMC and Langevin methods add a PID controller of ``beta``, the TD3-style
@@ -45,15 +45,18 @@ class LossMethod:
     passes them and its optimisers to ``__init__``, and implements :meth:`update` with
     :meth:`_step`; saving and restoring all of that state is done here.
 
-    The class attributes fix a script's checkpoint layout. The layouts differ between scripts
-    only for historical reasons, and must stay as they are: runs in progress resume from
-    checkpoints written with them (``tests/test_run_machinery.py`` pins the keys).
+    :meth:`state_dict` holds ``"loss"`` (the loss module's state), ``"optimizers"`` (one state
+    per optimiser, by name), ``"pid"`` for a PID-controlled method (``None`` when
+    ``cfg.pid.enabled`` is false) and ``"steps"`` for a delayed-policy one.
+
+    Args:
+        cfg: the recipe's configuration (``optim.gamma``, ``optim.polyak``; ``pid`` and
+            ``td3.policy_delay`` where the class attributes ask for them).
+        loss: the method's loss module; its value estimator is made here.
+        policy: the policy that acts (collection and evaluation).
+        optimizers: the optimisers, by name (the checkpoint's keys).
     """
 
-    #: How :meth:`state_dict` stores :attr:`optimizers`: ``"named"``, one ``"optimizers"``
-    #: dict by name; ``"ordered"``, one ``"optimizers"`` list in the order of
-    #: :attr:`optimizers`; ``"flat"``, one top-level ``"optim_<name>"`` entry each.
-    optimizer_layout: ClassVar[Literal["named", "ordered", "flat"]] = "named"
     #: ``beta`` is PID-controlled (``cfg.pid``): the checkpoint has a ``"pid"`` entry, ``None``
     #: when ``cfg.pid.enabled`` is false.
     pid_controlled: ClassVar[bool] = False
@@ -118,14 +121,10 @@ class LossMethod:
         return {"pid_distance": distance, "beta": self.pid.beta}
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"loss": self.loss.state_dict()}
-        optimizers = {name: optim.state_dict() for name, optim in self.optimizers.items()}
-        if self.optimizer_layout == "named":
-            state["optimizers"] = optimizers
-        elif self.optimizer_layout == "ordered":
-            state["optimizers"] = list(optimizers.values())
-        else:
-            state.update({f"optim_{name}": saved for name, saved in optimizers.items()})
+        state: dict[str, Any] = {
+            "loss": self.loss.state_dict(),
+            "optimizers": {name: optim.state_dict() for name, optim in self.optimizers.items()},
+        }
         if self.pid_controlled:
             state["pid"] = self.pid.state_dict() if self.pid is not None else None
         if self.delayed_policy:
@@ -134,14 +133,8 @@ class LossMethod:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.load_state_dict(state["loss"])
-        if self.optimizer_layout == "named":
-            saved = state["optimizers"]
-        elif self.optimizer_layout == "ordered":
-            saved = dict(zip(self.optimizers, state["optimizers"], strict=True))
-        else:
-            saved = {name: state[f"optim_{name}"] for name in self.optimizers}
         for name, optim in self.optimizers.items():
-            optim.load_state_dict(saved[name])
+            optim.load_state_dict(state["optimizers"][name])
         if self.pid is not None:
             self.pid.load_state_dict(state["pid"])
         if self.delayed_policy:

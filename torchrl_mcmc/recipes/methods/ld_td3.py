@@ -21,7 +21,6 @@ class LDTD3(LossMethod):
         device: where the networks live.
     """
 
-    optimizer_layout = "ordered"
     pid_controlled = True
     delayed_policy = True
 
@@ -44,7 +43,6 @@ class LDTD3(LossMethod):
             noise_clip=cfg.td3.noise_clip,
             update_mode=cfg.flow.update_mode,
         ).to(device)
-        # In this order: the checkpoint stores them as a list ("ordered").
         optimizers = {
             "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
             "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),

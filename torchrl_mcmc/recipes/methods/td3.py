@@ -26,7 +26,6 @@ class TD3(LossMethod):
         device: where the networks live.
     """
 
-    optimizer_layout = "flat"
     delayed_policy = True
 
     def __init__(self, cfg: DictConfig, env: EnvBase, device: torch.device) -> None:
