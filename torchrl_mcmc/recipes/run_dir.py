@@ -121,7 +121,7 @@ def open_run(cfg: DictConfig) -> OpenRun:
     """Plans the run (:func:`plan_run`), then makes its directory, or finds it for a resume.
 
     The directory is Hydra's output directory in a Hydra app; in a direct call,
-    ``<run_root>/<time>``. A new
+    ``<run_root>/<method>/<env>/seed<N>-<time>``, the layout ``common.yaml`` gives Hydra. A new
     run gets its resolved ``config.yaml``; a resume loads its newest intact checkpoint and
     records what it changed (:func:`~torchrl_mcmc.recipes.resume.record_resume`). From here on
     the package's logs go to ``train.log`` too.
@@ -145,7 +145,10 @@ def open_run(cfg: DictConfig) -> OpenRun:
     elif fresh_dir is not None:
         run_dir = fresh_dir
     else:
-        run_dir = Path(cfg.run_root).resolve() / time.strftime("%Y%m%d-%H%M%S")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = (
+            Path(cfg.run_root).resolve() / cfg.method / cfg.env.name / f"seed{cfg.seed}-{stamp}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_file_logging(run_dir)
     logger.info("run directory: %s", run_dir)
