@@ -52,12 +52,11 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.modules import NormalParamExtractor, ProbabilisticActor, TanhModule, TanhNormal
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as a script from any directory
+from torchrl_mcmc import HMCActor, HMCLoss, LangevinFlowActor, LangevinFlowLoss
+from torchrl_mcmc.mcmc import normal_log_prob, squash, standard_normal_log_prob
+from torchrl_mcmc.recipes.provenance import provenance
 
-from examples.experiment import provenance  # noqa: E402
-from torchrl_mcmc import HMCActor, HMCLoss, LangevinFlowActor, LangevinFlowLoss  # noqa: E402
-from torchrl_mcmc.mcmc import normal_log_prob, squash, standard_normal_log_prob  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULT = ROOT / "benchmarks" / "results" / "mechanism.json"
 logger = logging.getLogger("benchmarks.mechanism")

@@ -1,8 +1,8 @@
 """Update cost and collection throughput of the training scripts' methods (docs/benchmarks.md §1).
 
 One process builds each method exactly as its script does: the script's ``Method`` class
-(``examples/sac.py`` ``SAC``, ``hmc_sac.py`` ``HMCSAC``, ``bon_sac.py`` ``BestOfNSAC``,
-``td3.py`` ``TD3``, ``ld_td3.py`` ``LDTD3``) from the script's own Hydra configuration, composed
+(:mod:`torchrl_mcmc.recipes`' ``SAC``, ``HMCSAC``, ``BestOfNSAC``, ``TD3``, ``LDTD3``, which
+``examples/<script>.py`` trains) from the script's own Hydra configuration, composed
 with the protocol's overrides (HalfCheetah-v4: observation 17, action 6; ``network.hidden=[256,
 256]``; ``replay.batch_size=256``; gate nets 2x16). The timed call is the method's own
 ``update(batch)``, the one the training loop makes per sampled batch (critic, actor, chain
@@ -38,7 +38,7 @@ Profile: ``torch.profiler`` over updates of SAC and of the default configuration
 loss, actor loss, backward, optimiser steps, target update).
 
 Collection: each script's acting policy (``Method.policy``) in the scripts' own collector
-(``examples/utils.py`` ``make_collector``) on HalfCheetah-v4, eagerly and with
+(``torchrl_mcmc.recipes.make_collector``) on HalfCheetah-v4, eagerly and with
 ``collector.compile_policy=true``, in interleaved batches after two untimed ones; the compile
 warm-up is the one-time cost of the compiled collector's start (construction and first two
 batches, less their time at its steady rate) beyond the eager one's.
@@ -80,22 +80,25 @@ from omegaconf import DictConfig
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import LossModule, SACLoss, TD3Loss
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # runnable as a script from any directory
+from torchrl_mcmc.objectives._common import MCMCPolicyLoss
+from torchrl_mcmc.recipes import (
+    CONFIG_DIR,
+    HMCSAC,
+    LDTD3,
+    SAC,
+    TD3,
+    BestOfNSAC,
+    LossMethod,
+    make_collector,
+    make_env,
+)
+from torchrl_mcmc.recipes.provenance import provenance
 
-from examples.bon_sac import BestOfNSAC  # noqa: E402
-from examples.experiment import LossMethod, provenance  # noqa: E402
-from examples.hmc_sac import HMCSAC  # noqa: E402
-from examples.ld_td3 import LDTD3  # noqa: E402
-from examples.sac import SAC  # noqa: E402
-from examples.td3 import TD3  # noqa: E402
-from examples.utils import make_collector, make_env  # noqa: E402
-from torchrl_mcmc.objectives._common import MCMCPolicyLoss  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger("benchmarks.update_speed")
 
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "update_speed.json"
-CONFIG_DIR = ROOT / "examples" / "config"
 
 ENV_NAME = "HalfCheetah-v4"
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v4's shapes (checked against the env)
@@ -674,7 +677,7 @@ def time_collection(
         "env": ENV_NAME,
         "num_steps": HEADLINE_K,
         "frames_per_batch": frames_per_batch,
-        "collector": "examples/utils.py make_collector (the scripts' own), one env, "
+        "collector": "torchrl_mcmc.recipes.make_collector (the scripts' own), one env, "
         "init_random_frames=0",
         "policies": entries,
         "ratios": ratios,

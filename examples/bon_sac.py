@@ -7,45 +7,29 @@ TorchRL's SAC (same networks, budget and schedule as ``sac.py``), acting with th
 ``bon.num_samples`` policy samples by the trained critics' minimum, and the same selection for
 the TD target's next action: the critic evaluations of an HMC chain of ``K = N - 1`` steps,
 spent on selection. A gain of HMC-SAC is credited to the chain only above this.
+
+The method is :class:`torchrl_mcmc.recipes.BestOfNSAC`; the rest is
+:func:`torchrl_mcmc.recipes.train`'s. Configuration: ``torchrl_mcmc/recipes/config/bon_sac.yaml``.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
-
-from examples.experiment import run
-from examples.sac import SAC, sac_loss_kwargs
-from examples.utils import make_critic, make_stochastic_policy
-from torchrl_mcmc import BestOfNActor, BestOfNSACLoss
+from torchrl_mcmc.recipes import BestOfNSAC, train
 
 
-class BestOfNSAC(SAC):
-    """BestOfNActor + BestOfNSACLoss: SAC's update, with the best-of-N target and acting."""
-
-    def make_loss(
-        self, cfg: DictConfig, env, device: torch.device
-    ) -> tuple[BestOfNSACLoss, BestOfNActor]:
-        actor = BestOfNActor(
-            make_stochastic_policy(cfg, env),
-            make_critic(cfg, env),
-            num_samples=cfg.bon.num_samples,
-        ).to(device)
-        loss = BestOfNSACLoss(actor, **sac_loss_kwargs(cfg, env))
-        return loss.to(device), actor
-
-
-@hydra.main(config_path="config", config_name="bon_sac", version_base="1.3")
+@hydra.main(
+    config_path="pkg://torchrl_mcmc.recipes.config", config_name="bon_sac", version_base="1.3"
+)
 def main(cfg: DictConfig) -> None:
-    code = run(cfg, BestOfNSAC)
+    # Run directory, collection, updates, evaluation, checkpoints: torchrl_mcmc/recipes/trainer.py
+    code = train(cfg, BestOfNSAC)
     if code:
-        sys.exit(code)
+        sys.exit(code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
 
 
 if __name__ == "__main__":

@@ -5,95 +5,30 @@
     python examples/hmc_sac.py preset=quick         # Pendulum-v1, < 15 min on 2 CPU cores
     python examples/hmc_sac.py resume=runs/hmc_sac/Hopper-v4/seed0-20261124-101500
 
-Everything but the method (environment, networks, collection, replay, evaluation, budget,
-checkpoints) is shared with ``sac.py`` through ``utils.py`` and ``experiment.py``.
+The method is :class:`torchrl_mcmc.recipes.HMCSAC`; everything else (environment, networks,
+collection, replay, evaluation, budget, checkpoints, resume) is
+:func:`torchrl_mcmc.recipes.train`'s, shared with ``sac.py``. Configuration:
+``torchrl_mcmc/recipes/config/hmc_sac.yaml``.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
-
-from examples.experiment import LossMethod, run
-from examples.utils import make_critic, make_stochastic_policy
-from torchrl_mcmc import HMCActor, HMCLoss
+from torchrl_mcmc.recipes import HMCSAC, train
 
 
-class HMCSAC(LossMethod):
-    """HMCActor + HMCLoss, one update per call; beta PID-controlled (the paper's prior) or
-    SAC's tuned temperature (``hmc.prior=uniform``)."""
-
-    pid_controlled = True
-
-    def __init__(self, cfg: DictConfig, env, device: torch.device) -> None:
-        self.actor = HMCActor(
-            make_stochastic_policy(cfg, env),
-            make_critic(cfg, env),
-            action_spec=env.action_spec,
-            num_steps=cfg.hmc.num_steps,
-            step_size=cfg.hmc.step_size,
-            gated=cfg.hmc.gated,
-            gate_hidden=cfg.hmc.gate_hidden,
-            gate_state_key="observation" if cfg.hmc.gate_state else None,
-            gate_state_dim=env.observation_spec["observation"].shape[-1],
-            beta=cfg.pid.beta_init,
-            prior=cfg.hmc.prior,
-            potential_critic=cfg.hmc.potential_critic,
-        ).to(device)
-        loss = HMCLoss(
-            self.actor,
-            loss_function=cfg.optim.loss_function,
-            update_mode=cfg.hmc.update_mode,
-            value_entropy=cfg.hmc.value_entropy,
-            next_action=cfg.hmc.next_action,
-            target_entropy=cfg.hmc.target_entropy,
-            alpha_init=cfg.hmc.alpha_init,
-        ).to(device)
-        optimizers = {
-            "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),
-            "hmc": torch.optim.Adam(loss.hmc_parameters(), lr=cfg.hmc.lr),
-            "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
-        }
-        if loss.tunes_alpha:
-            optimizers["alpha"] = torch.optim.Adam(loss.alpha_parameters(), lr=cfg.optim.lr)
-        super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
-        if loss.tunes_alpha:
-            self.pid = None  # SAC's temperature tuning drives beta, not the controller
-        self.h_update_interval: int = cfg.hmc.h_update_interval
-        self.updates = 0
-
-    def begin_iteration(self) -> None:
-        # theta_t <- theta once per policy iteration (docs/method.md §1.1), never per SGD step.
-        self.loss.refresh_prior()
-
-    def update(self, batch) -> dict[str, float]:
-        # Alternating mode with h_update_interval = n: the h chain runs every n-th update only.
-        self.loss.compute_h_loss = self.updates % self.h_update_interval == 0
-        self.updates += 1
-        out = self.loss(batch)
-        total = out["loss_actor"] + out["loss_qvalue"]
-        for extra in ("loss_hmc", "loss_alpha"):
-            if extra in out:
-                total = total + out[extra]
-        self._step(total)
-        self.target_updater.step()
-        return {k: v.item() for k, v in out.items()}
-
-    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        return self._update_beta(metrics) or {}
-
-
-@hydra.main(config_path="config", config_name="hmc_sac", version_base="1.3")
+@hydra.main(
+    config_path="pkg://torchrl_mcmc.recipes.config", config_name="hmc_sac", version_base="1.3"
+)
 def main(cfg: DictConfig) -> None:
-    code = run(cfg, HMCSAC)
+    # Run directory, collection, updates, evaluation, checkpoints: torchrl_mcmc/recipes/trainer.py
+    code = train(cfg, HMCSAC)
     if code:
-        sys.exit(code)
+        sys.exit(code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
 
 
 if __name__ == "__main__":

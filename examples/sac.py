@@ -1,71 +1,30 @@
 """The baseline: TorchRL's own ``SACLoss`` with the networks, data and budget of ``hmc_sac.py``.
 
-python examples/sac.py env=Ant-v4
-python examples/sac.py preset=quick
+    python examples/sac.py env=Ant-v4
+    python examples/sac.py preset=quick
+
+The method is :class:`torchrl_mcmc.recipes.SAC`; everything else (environment, networks,
+collection, replay, evaluation, budget, checkpoints, resume) is
+:func:`torchrl_mcmc.recipes.train`'s, the same for every script. Configuration:
+``torchrl_mcmc/recipes/config/sac.yaml``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
-from torch import nn
-from torchrl.objectives import SACLoss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from any directory
-
-from examples.experiment import LossMethod, adam_for_actor_and_critics, run
-from examples.utils import make_critic, make_stochastic_policy
+from torchrl_mcmc.recipes import SAC, train
 
 
-class SAC(LossMethod):
-    """TorchRL SAC (v2: twin Q, no V network), automatic or fixed entropy coefficient."""
-
-    def __init__(self, cfg: DictConfig, env, device: torch.device) -> None:
-        loss, acting = self.make_loss(cfg, env, device)
-        optimizers = adam_for_actor_and_critics(loss, cfg.optim.lr)
-        if not cfg.sac.fixed_alpha:
-            optimizers["alpha"] = torch.optim.Adam([loss.log_alpha], lr=cfg.optim.lr)
-        super().__init__(cfg, loss, policy=acting, optimizers=optimizers)
-
-    def make_loss(self, cfg: DictConfig, env, device: torch.device) -> tuple[SACLoss, nn.Module]:
-        """The loss and the policy that acts (here, SAC's own policy)."""
-        policy = make_stochastic_policy(cfg, env).to(device)
-        loss = SACLoss(policy, make_critic(cfg, env).to(device), **sac_loss_kwargs(cfg, env))
-        return loss.to(device), policy
-
-    def update(self, batch) -> dict[str, float]:
-        out = self.loss(batch)
-        self._step(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"])
-        self.target_updater.step()
-        return {k: v.item() for k, v in out.items() if v.numel() == 1}
-
-    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        return {"alpha": math.exp(self.loss.log_alpha.item())}
-
-
-def sac_loss_kwargs(cfg: DictConfig, env) -> dict:
-    """SACLoss's arguments shared by SAC and its best-of-N control."""
-    return {
-        "num_qvalue_nets": 2,
-        "loss_function": cfg.optim.loss_function,
-        "alpha_init": cfg.sac.alpha_init,
-        "fixed_alpha": cfg.sac.fixed_alpha,
-        "delay_actor": False,
-        "delay_qvalue": True,
-        "action_spec": env.action_spec,
-    }
-
-
-@hydra.main(config_path="config", config_name="sac", version_base="1.3")
+@hydra.main(config_path="pkg://torchrl_mcmc.recipes.config", config_name="sac", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    code = run(cfg, SAC)
+    # Run directory, collection, updates, evaluation, checkpoints: torchrl_mcmc/recipes/trainer.py
+    code = train(cfg, SAC)
     if code:
-        sys.exit(code)
+        sys.exit(code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,10 +19,6 @@ from torchrl.modules import (
     ValueOperator,
 )
 from torchrl.objectives import LossModule
-
-# Tests import ``examples`` and ``benchmarks`` from the repository root: ``python -m pytest`` puts
-# it on sys.path, the ``pytest`` entry point does not.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_policy(

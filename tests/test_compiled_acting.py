@@ -5,35 +5,30 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
-from examples import utils
-from examples.sac import SAC
+from torchrl_mcmc.recipes import CONFIG_DIR, SAC, factories
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
 def _smoke_cfg(compile_policy: bool):
-    config_dir = str(ROOT / "examples" / "config")
-    with initialize_config_dir(config_dir, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         compiled = f"collector.compile_policy={compile_policy}"
         return compose("sac", overrides=["preset=smoke", "env=Pendulum-v1", compiled])
 
 
 def test_acting_is_compiled_by_default_and_not_in_the_smoke_preset() -> None:
-    config_dir = str(ROOT / "examples" / "config")
-    with initialize_config_dir(config_dir, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         assert compose("hmc_sac").collector.compile_policy is True
         assert compose("hmc_sac", overrides=["preset=smoke"]).collector.compile_policy is False
 
 
 def test_a_compile_failure_collects_eagerly_with_one_warning(monkeypatch, caplog) -> None:
     cfg = _smoke_cfg(True)
-    env = utils.make_env(cfg)
+    env = factories.make_env(cfg)
     policy = SAC(cfg, env, CPU).policy
 
     def fails(module, **kwargs):
@@ -43,8 +38,8 @@ def test_a_compile_failure_collects_eagerly_with_one_warning(monkeypatch, caplog
         return call
 
     monkeypatch.setattr(torch, "compile", fails)
-    with caplog.at_level(logging.INFO, logger="torchrl_mcmc.examples"):
-        collector = utils.make_collector(cfg, policy, CPU, seed=0)
+    with caplog.at_level(logging.INFO, logger="torchrl_mcmc.recipes"):
+        collector = factories.make_collector(cfg, policy, CPU, seed=0)
     assert collector.compiled_policy is False
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -56,7 +51,7 @@ def test_a_compile_failure_collects_eagerly_with_one_warning(monkeypatch, caplog
 
 def test_a_working_compile_reaches_the_collector_and_leaves_the_rng_alone(monkeypatch) -> None:
     cfg = _smoke_cfg(True)
-    env = utils.make_env(cfg)
+    env = factories.make_env(cfg)
     policy = SAC(cfg, env, CPU).policy
     probed = []
 
@@ -69,13 +64,13 @@ def test_a_working_compile_reaches_the_collector_and_leaves_the_rng_alone(monkey
 
     monkeypatch.setattr(torch, "compile", identity)
     state = torch.get_rng_state()
-    assert utils.acting_compiles(policy, cfg, CPU)
+    assert factories.acting_compiles(policy, cfg, CPU)
     assert torch.equal(torch.get_rng_state(), state)  # the probe's draws are not the run's
     assert probed  # the policy really ran on a reset
-    collector = utils.make_collector(cfg, policy, CPU, seed=0)
+    collector = factories.make_collector(cfg, policy, CPU, seed=0)
     assert collector.compiled_policy is True
     collector.shutdown()
-    eager = utils.make_collector(_smoke_cfg(False), copy.deepcopy(policy), CPU, seed=0)
+    eager = factories.make_collector(_smoke_cfg(False), copy.deepcopy(policy), CPU, seed=0)
     assert eager.compiled_policy is False
     eager.shutdown()
 

@@ -6,25 +6,21 @@ rules themselves, on configurations composed by Hydra as the scripts compose the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from examples.config_rules import (
+from torchrl_mcmc.recipes import CONFIG_DIR
+from torchrl_mcmc.recipes.config_rules import (
     CONFIG_RULES,
-    RESUME_MAY_CHANGE,
+    ConfigError,
     config_problems,
     leaves,
-    requested_keys,
-    resume_config,
     validate_config,
 )
-from examples.utils import ConfigError
+from torchrl_mcmc.recipes.resume import RESUME_MAY_CHANGE, requested_keys, resume_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "examples" / "config"
 SCRIPTS = ("hmc_sac", "sac", "bon_sac", "td3", "ld_td3")
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "preset").glob("*.yaml"))

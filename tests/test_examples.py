@@ -399,7 +399,7 @@ def test_linear_policy_option_keeps_the_critic_and_resumes_configs_saved_without
 ) -> None:
     from omegaconf import OmegaConf
 
-    from examples.utils import make_critic, make_env, make_stochastic_policy
+    from torchrl_mcmc.recipes import make_critic, make_env, make_stochastic_policy
 
     cfg = OmegaConf.create(
         {

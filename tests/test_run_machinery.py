@@ -1,4 +1,4 @@
-"""What the example scripts rely on: atomic checkpoints and weights that reach the workers."""
+"""What the recipes rely on: atomic checkpoints and weights that reach the workers."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from examples.experiment import (
+from torchrl_mcmc.recipes import CONFIG_DIR, HMCSAC, LDTD3, SAC, TD3, BestOfNSAC
+from torchrl_mcmc.recipes.checkpoint import (
     CHECKPOINT_POINTER,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from examples.hmc_sac import HMCSAC
-from examples.ld_td3 import LDTD3
-from examples.sac import SAC
-from examples.td3 import TD3
-from examples.utils import make_collector, make_env, make_replay_buffer, set_seeds
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "examples" / "config")
+from torchrl_mcmc.recipes.factories import (
+    make_collector,
+    make_env,
+    make_replay_buffer,
+    set_seeds,
+)
 
 
 def test_checkpoint_is_atomic_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
@@ -63,7 +63,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_newest_intact_one(
     newest, middle = ckpt_dir / "frames_000000000300.pt", ckpt_dir / "frames_000000000200.pt"
     newest.write_bytes(newest.read_bytes()[:200])  # truncated
     middle.write_bytes(b"")  # emptied
-    with caplog.at_level("WARNING", logger="torchrl_mcmc.examples"):
+    with caplog.at_level("WARNING", logger="torchrl_mcmc.recipes"):
         state = load_checkpoint(tmp_path)
     assert state["frames"] == 100 and (state["w"] == 100).all()
     warnings = [r.getMessage() for r in caplog.records]
@@ -94,7 +94,7 @@ def test_no_readable_checkpoint_is_an_error_naming_every_file(tmp_path: Path) ->
 
 def test_collector_workers_act_with_the_current_critic() -> None:
     overrides = ["preset=smoke", "env=Pendulum-v1", "collector.num_workers=2"]
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("hmc_sac", overrides=[*overrides, "collector.init_random_frames=0"])
     env = make_env(cfg)
     method = HMCSAC(cfg, env, torch.device("cpu"))
@@ -135,15 +135,15 @@ def test_collector_workers_act_with_the_current_critic() -> None:
 
 
 # ---------------------------------------------------------------------------- method checkpoints
-#: Each script's ``Method.state_dict()`` layout: top-level keys, then what ``"optimizers"`` holds
-#: (names, or a count for a list). Runs in progress resume from checkpoints written with these
-#: layouts, so a change here breaks their ``resume=``.
+#: Each method's ``state_dict()``: its top-level keys, and the names of the optimisers in
+#: ``"optimizers"`` (one layout for every method: optimiser states by name).
 CHECKPOINT_LAYOUTS = {
     # The default (entropy prior): alpha is trained, the PID entry is None.
     "hmc_sac": (HMCSAC, ["loss", "optimizers", "pid"], ["policy", "hmc", "critic", "alpha"]),
     "sac": (SAC, ["loss", "optimizers"], ["actor", "critic", "alpha"]),
-    "td3": (TD3, ["loss", "optim_actor", "optim_critic", "steps"], None),
-    "ld_td3": (LDTD3, ["loss", "optimizers", "pid", "steps"], 3),
+    "bon_sac": (BestOfNSAC, ["loss", "optimizers"], ["actor", "critic", "alpha"]),
+    "td3": (TD3, ["loss", "optimizers", "steps"], ["actor", "critic"]),
+    "ld_td3": (LDTD3, ["loss", "optimizers", "pid", "steps"], ["critic", "policy", "flow"]),
 }
 
 
@@ -168,7 +168,7 @@ def _assert_identical(a: Any, b: Any, where: str = "state") -> None:
 @pytest.mark.parametrize("name", list(CHECKPOINT_LAYOUTS))
 def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_path: Path) -> None:
     build, keys, optimizers = CHECKPOINT_LAYOUTS[name]
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(name, overrides=["preset=smoke", "env=Pendulum-v1"])
     env = make_env(cfg)
     env.set_seed(0)
@@ -188,10 +188,7 @@ def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_p
     save_checkpoint(tmp_path, {"frames": 200, "method": method.state_dict()})
     state = load_checkpoint(tmp_path)["method"]  # through torch.load(weights_only=True)
     assert list(state) == keys
-    if isinstance(optimizers, list):
-        assert list(state["optimizers"]) == optimizers
-    elif isinstance(optimizers, int):
-        assert isinstance(state["optimizers"], list) and len(state["optimizers"]) == optimizers
+    assert list(state["optimizers"]) == optimizers
     if "steps" in keys:
         assert state["steps"] == 3
 

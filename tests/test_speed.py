@@ -13,11 +13,7 @@ import pytest
 import torch
 
 from benchmarks import update_speed
-from examples.bon_sac import BestOfNSAC
-from examples.hmc_sac import HMCSAC
-from examples.ld_td3 import LDTD3
-from examples.sac import SAC
-from examples.td3 import TD3
+from torchrl_mcmc.recipes import HMCSAC, LDTD3, SAC, TD3, BestOfNSAC
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -173,17 +169,17 @@ def test_the_device_check_dry_run_writes_a_complete_result(tmp_path: Path) -> No
     assert update_speed.check_result(data) == []
     assert set(update_speed.SUMMARY_KEYS) <= set(data["summary"])
     configurations = data["update"]["configurations"]
-    assert configurations["entropy_fast"]["method"] == "examples.hmc_sac.HMCSAC"
+    assert configurations["entropy_fast"]["method"] == "torchrl_mcmc.recipes.methods.hmc_sac.HMCSAC"
     assert configurations["ld_td3"]["baseline"] == "td3"
     assert data["device"] == "cpu" and data["threads"] == 1
 
 
 def test_one_provenance_helper_for_every_result() -> None:
     from benchmarks import mechanism
-    from examples import experiment
+    from torchrl_mcmc.recipes.provenance import provenance
 
-    assert mechanism.provenance is experiment.provenance is update_speed.provenance
-    record = experiment.provenance(command=["python", "x.py", "--flag"], device="cpu")
+    assert mechanism.provenance is provenance is update_speed.provenance
+    record = provenance(command=["python", "x.py", "--flag"], device="cpu")
     assert record["command"] == "python x.py --flag"
     assert len(record["git_commit"]) == 40 and isinstance(record["git_dirty"], bool)
     assert {"torch", "torchrl", "tensordict", "gymnasium", "mujoco"} <= set(record["versions"])

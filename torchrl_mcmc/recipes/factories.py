@@ -1,9 +1,8 @@
-"""Factories shared by every example script: environments, networks, collectors, buffers, losses.
+"""Factories shared by every recipe: environments, networks, collectors, replay, seeds, threads.
 
 Modelled on TorchRL's ``sota-implementations/sac/utils.py``: each ``make_*`` takes the Hydra
-config and returns a TorchRL object, so that ``sac.py`` and ``hmc_sac.py`` (and the TD3 pair)
-build identical environments, networks, collection, replay and evaluation, and differ only in
-the method.
+config and returns a TorchRL object, so that SAC and HMC-SAC (and the TD3 pair) build identical
+environments, networks, collection, replay and evaluation, and differ only in the method.
 """
 
 from __future__ import annotations
@@ -11,8 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -40,7 +41,7 @@ from torchrl.modules import (
     ValueOperator,
 )
 
-logger = logging.getLogger("torchrl_mcmc.examples")
+logger = logging.getLogger(__name__)
 
 #: Tasks with a config in ``config/env``; ``-v5`` names of the same tasks work through
 #: ``env.name=...``. Any other registered Gymnasium id works too, given a config file.
@@ -58,14 +59,11 @@ KNOWN_ENVS = (
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU}
 
 
-class ConfigError(ValueError):
-    """A bad configuration value (or ``resume=``), caught before anything is created."""
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; any other name as torch spells it.
 
-    ``examples.config_rules`` has checked the name (``device``) before this is called.
+    :mod:`~torchrl_mcmc.recipes.config_rules` has checked the name (``device``) before this is
+    called.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,11 +104,8 @@ def _mlp(
 
 
 def _policy_hidden(cfg: DictConfig) -> list[int] | None:
-    """``network.policy_hidden`` (``[]``: a linear policy), or None to use ``network.hidden``.
-
-    Read with ``get``: configurations saved before the key existed resume unchanged.
-    """
-    hidden = cfg.network.get("policy_hidden")
+    """``network.policy_hidden`` (``[]``: a linear policy), or None to use ``network.hidden``."""
+    hidden = cfg.network.policy_hidden
     return None if hidden is None else list(hidden)
 
 
@@ -226,6 +221,8 @@ def make_collector(cfg: DictConfig, policy: nn.Module, device: torch.device, see
 
 
 def make_replay_buffer(cfg: DictConfig, device: torch.device) -> TensorDictReplayBuffer:
+    """A uniform replay buffer of ``replay.size`` transitions on ``device``, sampling
+    ``replay.batch_size`` at a time."""
     return TensorDictReplayBuffer(
         storage=LazyTensorStorage(cfg.replay.size, device=device),
         batch_size=cfg.replay.batch_size,
@@ -233,16 +230,14 @@ def make_replay_buffer(cfg: DictConfig, device: torch.device) -> TensorDictRepla
 
 
 def set_seeds(seed: int) -> None:
-    import random
-
-    import numpy as np
-
+    """Seeds Python's ``random``, numpy and torch (the environments are seeded apart)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` (and OpenMP's, unless set already); 0 keeps torch's."""
     if threads > 0:
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))

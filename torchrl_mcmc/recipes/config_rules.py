@@ -1,28 +1,30 @@
-"""What every value of the scripts' configurations may be, and what a resumed run may change.
+"""What every value of the recipes' configurations may be.
 
-:data:`CONFIG_RULES` holds one rule per key of ``config/*.yaml`` (every script; a section
-that a script does not have is skipped), :data:`CROSS_RULES` the constraints between keys.
+:data:`CONFIG_RULES` holds one rule per key of ``config/*.yaml`` (every recipe; a section
+that a recipe does not have is skipped), :data:`CROSS_RULES` the constraints between keys.
 :func:`validate_config` checks them all in one pass and reports every bad value at once, each
 with its key, its value and what is allowed, before a run creates anything. A new config key
-gets its rule here (``tests/test_config_rules.py`` fails for a key without one).
-
-:func:`resume_config` decides what a resumed run continues with: the run's saved
-configuration, changed only where :data:`RESUME_MAY_CHANGE` allows.
+gets its rule here (``tests/test_config_rules.py`` fails for a key without one). What a resumed
+run may change is :mod:`~torchrl_mcmc.recipes.run_dir`'s.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from examples.utils import ACTIVATIONS, KNOWN_ENVS, ConfigError
+from torchrl_mcmc.recipes.factories import ACTIVATIONS, KNOWN_ENVS
+
+
+class ConfigError(ValueError):
+    """A bad configuration value (or ``resume=``), caught before anything is created."""
+
 
 #: A rule: ``value -> None`` when allowed, else what is allowed ("must be ...").
 Rule = Callable[[Any], str | None]
@@ -86,7 +88,7 @@ def either(choice: Any, rule: Rule) -> Rule:
         return (
             None
             if problem is None
-            else f"must be {_show(choice)} or {problem.removeprefix('must be ')}"
+            else f"must be {show_value(choice)} or {problem.removeprefix('must be ')}"
         )
 
     return either_rule
@@ -97,7 +99,7 @@ def one_of(*choices: Any) -> Rule:
 
     def rule(value: Any) -> str | None:
         ok = value in choices and type(value) in {type(c) for c in choices}
-        return None if ok else f"must be one of {', '.join(map(_show, choices))}"
+        return None if ok else f"must be one of {', '.join(map(show_value, choices))}"
 
     return rule
 
@@ -164,7 +166,7 @@ def logger_backend(value: Any) -> str | None:
 _positive = number(above=0)
 _non_negative = number(at_least=0)
 
-#: One rule per config key of the four scripts (a section a script lacks is skipped).
+#: One rule per config key of the five recipes (a section a recipe lacks is skipped).
 CONFIG_RULES: dict[str, Rule] = {
     # common.yaml
     "method": text,
@@ -268,8 +270,8 @@ CROSS_RULES: tuple[tuple[tuple[str, ...], Callable[..., str | None]], ...] = (
 _ABSENT = object()
 
 
-def _show(value: Any) -> str:
-    """A value as one writes it on the command line."""
+def show_value(value: Any) -> str:
+    """A value as one writes it on the command line (``null``, ``true``, ``'text'``, ``3``)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -278,7 +280,7 @@ def _show(value: Any) -> str:
 
 
 def _applies(key: str, cfg: DictConfig) -> bool:
-    """Top-level keys concern every script; a section's keys only scripts with that section."""
+    """Top-level keys concern every recipe; a section's keys only recipes with that section."""
     return "." not in key or key.split(".", 1)[0] in cfg
 
 
@@ -296,12 +298,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
         elif value is _ABSENT:
             problems.append(f"{key} is missing: it {problem}")
         else:
-            problems.append(f"{key}={_show(value)}: {problem}")
+            problems.append(f"{key}={show_value(value)}: {problem}")
     for keys, rule in CROSS_RULES:
         if all(k in passed for k in keys):
             problem = rule(*(values[k] for k in keys))
             if problem is not None:
-                shown = ", ".join(f"{k}={_show(values[k])}" for k in keys)
+                shown = ", ".join(f"{k}={show_value(values[k])}" for k in keys)
                 problems.append(f"{shown}: {problem}")
     return problems
 
@@ -330,109 +332,3 @@ def leaves(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
-
-
-# ---------------------------------------------------------------------------- resume
-#: What a resumed run may change (a key, or a section ending in "."): how long it runs, how it
-#: reports, evaluates and checkpoints, never what it learns or how.
-RESUME_MAY_CHANGE = (
-    "collector.total_frames",
-    "collector.compile_policy",  # how fast it acts, not what
-    "threads",
-    "progress_bar",
-    "eval.",
-    "checkpoint.",
-    "logger.",
-)
-#: Keys a resume ignores: where a new run would go, and the resume itself.
-RESUME_IGNORES = ("resume", "run_root")
-
-
-def _may_change(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
-
-
-def _sections(cfg: DictConfig) -> list[str]:
-    return sorted(k for k, v in cfg.items() if isinstance(v, DictConfig))
-
-
-@dataclass
-class ResumedConfig:
-    """What :func:`resume_config` decided."""
-
-    #: The configuration the resumed run continues with.
-    cfg: DictConfig
-    #: ``key -> (the run's value, the new one)`` for each change applied.
-    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    #: ``key -> default`` for keys the run's saved configuration lacks (added to the scripts
-    #: after the run started), which take the script's default.
-    filled: dict[str, Any] = field(default_factory=dict)
-
-
-def resume_config(
-    saved: DictConfig, requested: DictConfig, defaults: DictConfig, keys: Iterable[str]
-) -> ResumedConfig:
-    """The configuration a resumed run continues with.
-
-    The run's saved configuration is the base. Of the ``keys`` the command line set (with
-    their values in ``requested``), those equal to the run's change nothing, those
-    :data:`RESUME_MAY_CHANGE` allows are applied, and any other one is an error naming the key,
-    the run's value and the one asked for: the run would no longer be the run it was.
-
-    Args:
-        saved: the run's ``config.yaml``.
-        requested: the configuration composed from the command line.
-        defaults: the script's configuration without any override; it fills keys ``saved``
-            lacks, and its sections must be the run's (the same script made the run).
-        keys: the keys the command line set (see :func:`requested_keys`).
-    """
-    if _sections(saved) != _sections(defaults):
-        raise ConfigError(
-            f"that run was made by another script: its config (method {saved.get('method')}) "
-            f"has the sections {', '.join(_sections(saved))}, this script's "
-            f"{', '.join(_sections(defaults))}."
-        )
-    base_values, default_values = leaves(saved), leaves(defaults)
-    unlocked = OmegaConf.create(OmegaConf.to_container(defaults, resolve=True))
-    cfg = OmegaConf.merge(unlocked, saved)
-    result = ResumedConfig(cfg)
-    result.filled = {k: v for k, v in default_values.items() if k not in base_values}
-    values, requested_values = leaves(cfg), leaves(requested)
-    fixed = []
-    for key in sorted(set(keys) - set(RESUME_IGNORES)):
-        old, new = values.get(key), requested_values.get(key)
-        if old == new:
-            continue
-        if _may_change(key):
-            OmegaConf.update(cfg, key, new, force_add=True)
-            result.changed[key] = (old, new)
-        else:
-            fixed.append(f"{key} was {_show(old)}, now {_show(new)}")
-    if fixed:
-        allowed = ", ".join(k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
-        raise ConfigError(
-            f"incompatible: {'; '.join(fixed)}. A resumed run keeps its configuration "
-            f"(config.yaml in its directory); it may change only {allowed}. "
-            "Start a new run to change anything else."
-        )
-    return result
-
-
-def requested_keys(requested: DictConfig, hydra_cfg: DictConfig, defaults: DictConfig) -> set[str]:
-    """The keys a Hydra command line set: each override's key (every key of the section it
-    names, for a section or a config group such as ``env=...``), and every key whose composed
-    value differs from the script's default (what a group such as ``preset=...`` changed)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    values, default_values = leaves(requested), leaves(defaults)
-    keys = {k for k, v in values.items() if default_values.get(k, _ABSENT) != v}
-    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
-    for override in overrides:
-        key = override.key_or_group
-        if key.startswith("hydra"):
-            continue
-        if isinstance(OmegaConf.select(requested, key), DictConfig):
-            keys |= {k for k in values if k.startswith(f"{key}.")}
-        elif key not in hydra_cfg.runtime.choices:
-            keys.add(key)
-    return keys

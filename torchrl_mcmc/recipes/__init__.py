@@ -1,0 +1,72 @@
+"""Training recipes: the methods of the paper and their baselines, trained end to end.
+
+What a user who wants "HMC-SAC on my env, resumable" needs, importable: the factories
+(environments, networks, collector, replay buffer), the methods (:class:`SAC`,
+:class:`HMCSAC`, :class:`BestOfNSAC`, :class:`TD3`, :class:`LDTD3`), their Hydra
+configurations (``config/``, shipped with the package) and :func:`train`, the loop they share,
+with run directories, atomic checkpoints, resume and a clean stop on SIGTERM.
+
+From Python::
+
+    from torchrl_mcmc.recipes import HMCSAC, compose_config, train
+
+    cfg = compose_config("hmc_sac", ["env=Hopper-v4", "seed=1"])
+    exit_code = train(cfg, HMCSAC)  # a run directory under runs/hmc_sac/Hopper-v4/
+
+From the command line, ``python -m torchrl_mcmc.recipes hmc_sac env=Hopper-v4 seed=1``, which
+is what ``examples/hmc_sac.py`` does in a clone.
+
+The library proper (:mod:`torchrl_mcmc.mcmc`, ``modules``, ``objectives``, ``control``) never
+imports this package; it depends on Hydra and OmegaConf, the library does not.
+"""
+
+from pathlib import Path
+
+from torchrl_mcmc.recipes.cli import CONFIG_PATH, compose_config
+from torchrl_mcmc.recipes.config_rules import ConfigError
+from torchrl_mcmc.recipes.factories import (
+    make_collector,
+    make_critic,
+    make_deterministic_policy,
+    make_env,
+    make_replay_buffer,
+    make_stochastic_policy,
+    make_td3_exploration,
+)
+from torchrl_mcmc.recipes.methods import (
+    HMCSAC,
+    LDTD3,
+    METHODS,
+    SAC,
+    TD3,
+    BestOfNSAC,
+    LossMethod,
+    Method,
+)
+from torchrl_mcmc.recipes.trainer import train
+
+#: The folder of the recipes' Hydra configurations.
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+__all__ = [
+    "CONFIG_DIR",
+    "CONFIG_PATH",
+    "HMCSAC",
+    "LDTD3",
+    "METHODS",
+    "SAC",
+    "TD3",
+    "BestOfNSAC",
+    "ConfigError",
+    "LossMethod",
+    "Method",
+    "compose_config",
+    "make_collector",
+    "make_critic",
+    "make_deterministic_policy",
+    "make_env",
+    "make_replay_buffer",
+    "make_stochastic_policy",
+    "make_td3_exploration",
+    "train",
+]

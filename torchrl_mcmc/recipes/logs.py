@@ -1,0 +1,75 @@
+"""A run's logs: ``train.log`` in its directory, console lines above the progress bar, and the
+CSV metric rows a resumed run writes again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torchrl_mcmc.recipes.checkpoint import atomic_write
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+def setup_file_logging(run_dir: Path) -> None:
+    """Sends the package's log records (INFO and above) to ``run_dir/train.log`` too."""
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # The library's and the recipes' loggers both live under "torchrl_mcmc".
+    package_logger = logging.getLogger("torchrl_mcmc")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+
+
+def drop_logged_rows_after(scalars_dir: Path, step: int) -> None:
+    """Removes from a CSV logger's scalar files (``<name>.csv``, rows ``step,value``) every row
+    past ``step``, the checkpoint a run resumes from, and a last row cut short by a kill; each
+    file is rewritten atomically. The resumed run logs those steps again: without this they
+    would appear twice."""
+    for path in sorted(scalars_dir.rglob("*.csv")):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.endswith("\n") and not _logged_after(line, step)]
+        if len(kept) < len(lines):
+            atomic_write(path, lambda f, rows=kept: f.write("".join(rows).encode()))
+            logger.info(
+                "resume: %s: dropped %d rows logged after frame %d",
+                path.relative_to(scalars_dir),
+                len(lines) - len(kept),
+                step,
+            )
+
+
+def _logged_after(line: str, step: int) -> bool:
+    try:
+        return int(line.split(",", 1)[0]) > step
+    except ValueError:
+        return False  # not a row the logger wrote: left alone
+
+
+@contextlib.contextmanager
+def console_logs_above(bar: tqdm) -> Iterator[None]:
+    """While ``bar`` shows, console log lines (ours through the root logger, and TorchRL's own
+    coloured handler, which does not propagate) are written above it with ``tqdm.write``
+    instead of into its line. Loggers without a console handler are left as they are."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    if bar.disable:
+        yield
+        return
+    loggers = [
+        log
+        for log in (logging.getLogger(), logging.getLogger("torchrl"))
+        if any(
+            isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+            for h in log.handlers
+        )
+    ]
+    with logging_redirect_tqdm(loggers=loggers, tqdm_class=type(bar)):
+        yield

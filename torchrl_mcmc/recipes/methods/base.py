@@ -1,0 +1,149 @@
+"""What a method is to the trainer (:class:`Method`), and what every method shares
+(:class:`LossMethod`)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from omegaconf import DictConfig
+from tensordict import TensorDictBase
+from torch import nn
+from torchrl.objectives import LossModule, SoftUpdate
+
+from torchrl_mcmc import PIDController
+
+
+class Method(Protocol):
+    """What a recipe provides the trainer: the acting policy and one gradient update."""
+
+    #: The policy the collector and the evaluation run (exploration by interaction type).
+    policy: nn.Module
+    #: Keys of a collected batch that the updates read (the replay buffer stores only these).
+    replay_keys: list
+
+    def begin_iteration(self) -> None:
+        """Called once per collected batch, before its updates (e.g. refresh a prior)."""
+
+    def update(self, batch: TensorDictBase) -> dict[str, float]:
+        """One full update (critic, actor, targets) on a sampled minibatch; returns scalars."""
+
+    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
+        """Called after a batch's updates (e.g. a PID step); returns scalars to log."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class LossMethod:
+    """What every recipe's :class:`Method` shares: a TorchRL loss, its optimisers and checkpoint.
+
+    Each method is one loss module with a soft update of its target networks, trained by named
+    optimisers; the HMC and Langevin methods add a PID controller of ``beta``, the TD3-style
+    ones a counter of updates for the delayed policy step. A subclass builds its actor and loss,
+    passes them and its optimisers to ``__init__``, and implements :meth:`update` with
+    :meth:`_step`; saving and restoring all of that state is done here.
+
+    :meth:`state_dict` holds ``"loss"`` (the loss module's state), ``"optimizers"`` (one state
+    per optimiser, by name), ``"pid"`` for a PID-controlled method (``None`` when
+    ``cfg.pid.enabled`` is false) and ``"steps"`` for a delayed-policy one.
+
+    Args:
+        cfg: the recipe's configuration (``optim.gamma``, ``optim.polyak``; ``pid`` and
+            ``td3.policy_delay`` where the class attributes ask for them).
+        loss: the method's loss module; its value estimator is made here.
+        policy: the policy that acts (collection and evaluation).
+        optimizers: the optimisers, by name (the checkpoint's keys).
+    """
+
+    #: ``beta`` is PID-controlled (``cfg.pid``): the checkpoint has a ``"pid"`` entry, ``None``
+    #: when ``cfg.pid.enabled`` is false.
+    pid_controlled: ClassVar[bool] = False
+    #: The actor and targets move every ``cfg.td3.policy_delay``-th update only (TD3): the
+    #: checkpoint has the update counter ``"steps"``, so that a resumed run keeps the phase.
+    delayed_policy: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        loss: LossModule,
+        policy: nn.Module,
+        optimizers: dict[str, torch.optim.Optimizer],
+    ) -> None:
+        loss.make_value_estimator(gamma=cfg.optim.gamma)
+        self.loss = loss
+        self.target_updater = SoftUpdate(loss, eps=cfg.optim.polyak)
+        self.policy = policy
+        self.optimizers = optimizers
+        self.replay_keys = loss.in_keys
+        self.pid: PIDController | None = None
+        if self.pid_controlled and cfg.pid.enabled:
+            self.pid = PIDController(**{k: v for k, v in cfg.pid.items() if k != "enabled"})
+        if self.delayed_policy:
+            self.policy_delay: int = cfg.td3.policy_delay
+            self.steps = 0
+
+    def begin_iteration(self) -> None:
+        pass
+
+    def update(self, batch: TensorDictBase) -> dict[str, float]:
+        raise NotImplementedError
+
+    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
+        return {}
+
+    def _step(self, loss: torch.Tensor, *names: str) -> None:
+        """One gradient step on ``loss`` with the optimisers ``names`` (all of them if none)."""
+        optimizers = [self.optimizers[n] for n in names] if names else self.optimizers.values()
+        for optim in optimizers:
+            optim.zero_grad(set_to_none=True)
+        loss.backward()
+        for optim in optimizers:
+            optim.step()
+
+    def _policy_turn(self) -> bool:
+        """Counts one update; true for those that also move the actor and targets (TD3)."""
+        self.steps += 1
+        return self.steps % self.policy_delay == 0
+
+    def _update_beta(self, metrics: list[dict[str, float]]) -> dict[str, float] | None:
+        """One PID step on the iteration's mean policy distance, and ``beta`` set from it.
+
+        ``None`` when there is no controller, or no update measured a distance (with delayed
+        updates an iteration may have no actor update).
+        """
+        distances = [m["policy_distance"] for m in metrics if "policy_distance" in m]
+        if self.pid is None or not distances:
+            return None
+        distance = sum(distances) / len(distances)
+        self.loss.beta = self.pid.update(distance)
+        return {"pid_distance": distance, "beta": self.pid.beta}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "loss": self.loss.state_dict(),
+            "optimizers": {name: optim.state_dict() for name, optim in self.optimizers.items()},
+        }
+        if self.pid_controlled:
+            state["pid"] = self.pid.state_dict() if self.pid is not None else None
+        if self.delayed_policy:
+            state["steps"] = self.steps
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.load_state_dict(state["loss"])
+        for name, optim in self.optimizers.items():
+            optim.load_state_dict(state["optimizers"][name])
+        if self.pid is not None:
+            self.pid.load_state_dict(state["pid"])
+        if self.delayed_policy:
+            self.steps = state["steps"]
+
+
+def adam_for_actor_and_critics(loss: LossModule, lr: float) -> dict[str, torch.optim.Optimizer]:
+    """Adam on the actor and on the critics of a TorchRL actor-critic loss (SAC, TD3)."""
+    return {
+        "actor": torch.optim.Adam(loss.actor_network_params.values(True, True), lr=lr),
+        "critic": torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=lr),
+    }

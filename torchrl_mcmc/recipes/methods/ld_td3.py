@@ -1,0 +1,76 @@
+"""LD-TD3: a TD3 agent whose action is refined by a Langevin flow on the critic (paper §3.1)."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from tensordict import TensorDictBase
+from torchrl.envs import EnvBase
+
+from torchrl_mcmc import LangevinFlowActor, LangevinFlowLoss
+from torchrl_mcmc.recipes.factories import make_critic, make_deterministic_policy
+from torchrl_mcmc.recipes.methods.base import LossMethod
+
+
+class LDTD3(LossMethod):
+    """LangevinFlowActor + LangevinFlowLoss + PID beta, TD3's delayed policy updates.
+
+    Args:
+        cfg: the ``ld_td3`` recipe's configuration (``flow.*``, ``td3.*``, ``pid.*``...).
+        env: an environment of the task, for its specs.
+        device: where the networks live.
+    """
+
+    pid_controlled = True
+    delayed_policy = True
+
+    def __init__(self, cfg: DictConfig, env: EnvBase, device: torch.device) -> None:
+        self.actor = LangevinFlowActor(
+            make_deterministic_policy(cfg, env),
+            make_critic(cfg, env),
+            state_dim=env.observation_spec["observation"].shape[-1],
+            action_spec=env.action_spec,
+            num_layers=cfg.flow.num_layers,
+            step_size=cfg.flow.step_size,
+            hidden=cfg.flow.hidden,
+            beta=cfg.pid.beta_init,
+            exploration_noise=cfg.td3.exploration_noise,
+        ).to(device)
+        loss = LangevinFlowLoss(
+            self.actor,
+            loss_function=cfg.optim.loss_function,
+            policy_noise=cfg.td3.policy_noise,
+            noise_clip=cfg.td3.noise_clip,
+            update_mode=cfg.flow.update_mode,
+        ).to(device)
+        optimizers = {
+            "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
+            "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),
+            "flow": torch.optim.Adam(loss.flow_parameters(), lr=cfg.flow.lr),
+        }
+        super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
+
+    def begin_iteration(self) -> None:
+        self.loss.refresh_prior()  # theta_t <- theta once per policy iteration
+
+    def update(self, batch: TensorDictBase) -> dict[str, float]:
+        loss_qvalue, _ = self.loss.qvalue_loss(batch)
+        self._step(loss_qvalue, "critic")
+        metrics = {"loss_qvalue": loss_qvalue.item()}
+        if self._policy_turn():
+            loss_actor, info = self.loss.actor_loss(batch)
+            if self.loss.update_mode == "joint":
+                self._step(loss_actor, "policy", "flow")
+            else:
+                self._step(loss_actor, "policy")
+                loss_flow, _ = self.loss.flow_loss(batch)  # eq. 11: h moves at the new theta
+                self._step(loss_flow, "flow")
+                metrics["loss_flow"] = loss_flow.item()
+            self.target_updater.step()
+            metrics["loss_actor"] = loss_actor.item()
+            metrics.update({k: float(v) for k, v in info.items()})
+        return metrics
+
+    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
+        # Without a controller, or without an actor update this iteration, beta is unchanged.
+        return self._update_beta(metrics) or {"beta": self.loss.beta.item()}
