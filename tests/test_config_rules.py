@@ -99,7 +99,31 @@ BAD_VALUES = [
     (
         "hmc_sac",
         "hmc.potential_critic=max",
-        "hmc.potential_critic='max': must be one of 'min', 'first'",
+        "hmc.potential_critic='max': must be one of 'min', 'first', 'mean_std'",
+    ),
+    ("hmc_sac", "hmc.pessimism=-1", "hmc.pessimism=-1: must be a finite number >= 0"),
+    (
+        "hmc_sac",
+        "hmc.pessimism=2",
+        "hmc.potential_critic='first', hmc.pessimism=2: pessimism is read only with "
+        "potential_critic=mean_std (leave it at 1.0 otherwise)",
+    ),
+    (
+        "hmc_sac",
+        "pid.iteration_updates=0",
+        "pid.iteration_updates=0: must be an integer >= 1, or null",
+    ),
+    (
+        "ld_td3",
+        "flow.potential_critic=max",
+        "flow.potential_critic='max': must be one of 'min', 'first', 'mean_std'",
+    ),
+    ("ld_td3", "flow.pessimism=nan", "flow.pessimism=nan: must be a finite number >= 0"),
+    (
+        "ld_td3",
+        "flow.pessimism=0.5",
+        "flow.potential_critic='min', flow.pessimism=0.5: pessimism is read only with "
+        "potential_critic=mean_std (leave it at 1.0 otherwise)",
     ),
     ("hmc_sac", "hmc.next_action=mode", "hmc.next_action='mode': must be one of 'chain', 'base'"),
     (

@@ -137,13 +137,23 @@ def test_collector_workers_act_with_the_current_critic() -> None:
 # ---------------------------------------------------------------------------- method checkpoints
 #: Each method's ``state_dict()``: its top-level keys, and the names of the optimisers in
 #: ``"optimizers"`` (one layout for every method: optimiser states by name).
+_PID_KEYS = ["loss", "optimizers", "pid", "policy_iteration"]
+#: Case: (recipe, method, checkpoint keys, optimisers, overrides).
 CHECKPOINT_LAYOUTS = {
     # The default (entropy prior): alpha is trained, the PID entry is None.
-    "hmc_sac": (HMCSAC, ["loss", "optimizers", "pid"], ["policy", "hmc", "critic", "alpha"]),
-    "sac": (SAC, ["loss", "optimizers"], ["actor", "critic", "alpha"]),
-    "bon_sac": (BestOfNSAC, ["loss", "optimizers"], ["actor", "critic", "alpha"]),
-    "td3": (TD3, ["loss", "optimizers", "steps"], ["actor", "critic"]),
-    "ld_td3": (LDTD3, ["loss", "optimizers", "pid", "steps"], ["critic", "policy", "flow"]),
+    "hmc_sac": ("hmc_sac", HMCSAC, _PID_KEYS, ["policy", "hmc", "critic", "alpha"], []),
+    # The paper's, with a policy iteration of 2 updates: saved half-way through the second.
+    "hmc_sac_paper_every_2": (
+        "hmc_sac",
+        HMCSAC,
+        _PID_KEYS,
+        ["policy", "hmc", "critic"],
+        ["variant=paper", "pid.iteration_updates=2"],
+    ),
+    "sac": ("sac", SAC, ["loss", "optimizers"], ["actor", "critic", "alpha"], []),
+    "bon_sac": ("bon_sac", BestOfNSAC, ["loss", "optimizers"], ["actor", "critic", "alpha"], []),
+    "td3": ("td3", TD3, ["loss", "optimizers", "steps"], ["actor", "critic"], []),
+    "ld_td3": ("ld_td3", LDTD3, [*_PID_KEYS, "steps"], ["critic", "policy", "flow"], []),
 }
 
 
@@ -167,9 +177,9 @@ def _assert_identical(a: Any, b: Any, where: str = "state") -> None:
 
 @pytest.mark.parametrize("name", list(CHECKPOINT_LAYOUTS))
 def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_path: Path) -> None:
-    build, keys, optimizers = CHECKPOINT_LAYOUTS[name]
+    recipe, build, keys, optimizers, overrides = CHECKPOINT_LAYOUTS[name]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(name, overrides=["preset=smoke", "env=Pendulum-v1"])
+        cfg = compose(recipe, overrides=["preset=smoke", "env=Pendulum-v1", *overrides])
     env = make_env(cfg)
     env.set_seed(0)
     set_seeds(0)
@@ -191,6 +201,9 @@ def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_p
     assert list(state["optimizers"]) == optimizers
     if "steps" in keys:
         assert state["steps"] == 3
+    if overrides:  # 3 updates with policy iterations of 2: one PID step, one update after it
+        assert state["policy_iteration"]["updates"] == 1
+        assert len(state["policy_iteration"]["distances"]) == 1
 
     set_seeds(1)  # different initial weights: everything must come from the checkpoint
     resumed = build(cfg, env, torch.device("cpu"))
@@ -202,4 +215,38 @@ def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_p
         torch.manual_seed(7)
         continued.append(iteration(m))
     assert continued[0] == continued[1]
+    env.close()
+
+
+def test_a_policy_iteration_of_n_updates_refreshes_the_prior_and_steps_the_pid() -> None:
+    """``pid.iteration_updates = n``: after every n-th update (not per collected batch) the PID
+    steps on the mean distance of those n updates, and the prior becomes the current policy."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        overrides = ["preset=smoke", "env=Pendulum-v1", "td3.policy_delay=1"]
+        cfg = compose("ld_td3", overrides=[*overrides, "pid.iteration_updates=2"])
+    env = make_env(cfg)
+    set_seeds(0)
+    method = LDTD3(cfg, env, torch.device("cpu"))
+    buffer = make_replay_buffer(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        data = env.rollout(100, method.policy, break_when_any_done=False)
+    buffer.extend(data.reshape(-1).select(*method.replay_keys, strict=False))
+    actor, pid = method.actor, method.pid
+
+    def prior_is_policy() -> bool:
+        pairs = zip(actor.prior.parameters(), actor.policy.parameters(), strict=True)
+        return all(torch.equal(a, b) for a, b in pairs)
+
+    method.begin_iteration()  # no refresh at the batch boundary with an interval
+    first = method.update(buffer.sample())
+    assert "pid_distance" not in first and not prior_is_policy()
+    expected = copy.deepcopy(pid)
+    second = method.update(buffer.sample())
+    beta = expected.update((first["policy_distance"] + second["policy_distance"]) / 2)
+    assert second["pid_distance"] == (first["policy_distance"] + second["policy_distance"]) / 2
+    assert second["beta"] == beta and method.loss.beta.item() == pytest.approx(beta)
+    assert prior_is_policy()
+    third = method.update(buffer.sample())
+    assert "pid_distance" not in third and not prior_is_policy()
+    assert method.end_iteration([first, second, third]) == {"beta": method.loss.beta.item()}
     env.close()

@@ -214,7 +214,8 @@ CONFIG_RULES: dict[str, Rule] = {
     "hmc.update_mode": one_of("alternating", "joint"),
     "hmc.h_update_interval": integer(1),
     "hmc.prior": one_of("policy", "uniform"),
-    "hmc.potential_critic": one_of("min", "first"),
+    "hmc.potential_critic": one_of("min", "first", "mean_std"),
+    "hmc.pessimism": _non_negative,
     "hmc.next_action": one_of("chain", "base"),
     "hmc.value_entropy": optional(one_of("none", "auxiliary")),
     "hmc.target_entropy": either("auto", number()),
@@ -228,12 +229,15 @@ CONFIG_RULES: dict[str, Rule] = {
     "pid.beta_init": _positive,
     "pid.beta_min": _positive,
     "pid.beta_max": _positive,
+    "pid.iteration_updates": optional(integer(1)),
     # ld_td3.yaml
     "flow.num_layers": integer(0),
     "flow.step_size": _positive,
     "flow.hidden": integer(1),
     "flow.lr": _positive,
     "flow.update_mode": one_of("alternating", "joint"),
+    "flow.potential_critic": one_of("min", "first", "mean_std"),
+    "flow.pessimism": _non_negative,
     # td3.yaml and ld_td3.yaml
     "td3.exploration_noise": _non_negative,
     "td3.policy_noise": _non_negative,
@@ -259,10 +263,18 @@ def _whole_batches_per_worker(frames_per_batch: int, num_workers: int) -> str | 
     return "collector.frames_per_batch must be a multiple of collector.num_workers"
 
 
+def _pessimism_needs_mean_std(potential_critic: str, pessimism: float) -> str | None:
+    if potential_critic == "mean_std" or pessimism == 1.0:
+        return None
+    return "pessimism is read only with potential_critic=mean_std (leave it at 1.0 otherwise)"
+
+
 #: Constraints between keys: ``(keys, rule(*values))``, checked once each key passed its own.
 CROSS_RULES: tuple[tuple[tuple[str, ...], Callable[..., str | None]], ...] = (
     (("pid.beta_min", "pid.beta_init", "pid.beta_max"), _beta_order),
     (("collector.frames_per_batch", "collector.num_workers"), _whole_batches_per_worker),
+    (("hmc.potential_critic", "hmc.pessimism"), _pessimism_needs_mean_std),
+    (("flow.potential_critic", "flow.pessimism"), _pessimism_needs_mean_std),
 )
 
 

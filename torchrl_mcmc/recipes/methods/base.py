@@ -13,6 +13,9 @@ from torchrl.objectives import LossModule, SoftUpdate
 
 from torchrl_mcmc import PIDController
 
+#: Keys of ``cfg.pid`` that configure the loop, not :class:`PIDController`.
+_NOT_PID_ARGUMENTS = ("enabled", "iteration_updates")
+
 
 class Method(Protocol):
     """What a recipe provides the trainer: the acting policy and one gradient update."""
@@ -47,7 +50,16 @@ class LossMethod:
 
     :meth:`state_dict` holds ``"loss"`` (the loss module's state), ``"optimizers"`` (one state
     per optimiser, by name), ``"pid"`` for a PID-controlled method (``None`` when
-    ``cfg.pid.enabled`` is false) and ``"steps"`` for a delayed-policy one.
+    ``cfg.pid.enabled`` is false) with ``"policy_iteration"`` (the updates and distances of
+    the current policy iteration, with ``cfg.pid.iteration_updates``), and ``"steps"`` for a
+    delayed-policy one.
+
+    A PID-controlled method's policy iteration (a refresh of the prior ``pi_theta_t`` and a PID
+    step on the mean distance measured since) is one collected batch by default, as in the
+    paper; ``cfg.pid.iteration_updates = n`` makes it every ``n`` updates instead, so that the
+    distance the target refers to, and with it the target and the gains, mean the same whatever
+    the frames per batch and the updates per frame. Subclasses pass each update's metrics
+    through :meth:`_count_update`.
 
     Args:
         cfg: the recipe's configuration (``optim.gamma``, ``optim.polyak``; ``pid`` and
@@ -78,20 +90,50 @@ class LossMethod:
         self.optimizers = optimizers
         self.replay_keys = loss.in_keys
         self.pid: PIDController | None = None
-        if self.pid_controlled and cfg.pid.enabled:
-            self.pid = PIDController(**{k: v for k, v in cfg.pid.items() if k != "enabled"})
+        if self.pid_controlled:
+            if cfg.pid.enabled:
+                gains = {k: v for k, v in cfg.pid.items() if k not in _NOT_PID_ARGUMENTS}
+                self.pid = PIDController(**gains)
+            #: Updates per policy iteration (a prior refresh and a PID step); ``None``: one
+            #: collected batch, whatever its number of updates.
+            self.iteration_updates: int | None = cfg.pid.iteration_updates
+            self._iteration: dict[str, Any] = {"updates": 0, "distances": []}
         if self.delayed_policy:
             self.policy_delay: int = cfg.td3.policy_delay
             self.steps = 0
 
     def begin_iteration(self) -> None:
-        pass
+        if self.pid_controlled and self.iteration_updates is None:
+            # theta_t <- theta once per policy iteration (docs/method.md §1.3), never per step.
+            self.loss.refresh_prior()
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         raise NotImplementedError
 
     def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        return {}
+        if not self.pid_controlled:
+            return {}
+        if self.iteration_updates is None:
+            # Without a controller, or without an actor update this batch, beta is unchanged.
+            return self._update_beta(metrics) or {"beta": self.loss.beta.item()}
+        return {"beta": self.loss.beta.item()}
+
+    def _count_update(self, metrics: dict[str, float]) -> dict[str, float]:
+        """With ``pid.iteration_updates = n``: counts an update, and after every n-th one
+        steps the PID on their mean distance and refreshes the prior. Returns ``metrics``, with
+        the PID's scalars on the updates that step it."""
+        if not self.pid_controlled or self.iteration_updates is None:
+            return metrics
+        iteration = self._iteration
+        iteration["updates"] += 1
+        if "policy_distance" in metrics:
+            iteration["distances"].append(metrics["policy_distance"])
+        if iteration["updates"] == self.iteration_updates:
+            distances = [{"policy_distance": d} for d in iteration["distances"]]
+            metrics.update(self._update_beta(distances) or {})
+            self.loss.refresh_prior()
+            self._iteration = {"updates": 0, "distances": []}
+        return metrics
 
     def _step(self, loss: torch.Tensor, *names: str) -> None:
         """One gradient step on ``loss`` with the optimisers ``names`` (all of them if none)."""
@@ -127,6 +169,10 @@ class LossMethod:
         }
         if self.pid_controlled:
             state["pid"] = self.pid.state_dict() if self.pid is not None else None
+            state["policy_iteration"] = {
+                "updates": self._iteration["updates"],
+                "distances": list(self._iteration["distances"]),
+            }
         if self.delayed_policy:
             state["steps"] = self.steps
         return state
@@ -137,6 +183,9 @@ class LossMethod:
             optim.load_state_dict(state["optimizers"][name])
         if self.pid is not None:
             self.pid.load_state_dict(state["pid"])
+        if self.pid_controlled:
+            saved = state["policy_iteration"]
+            self._iteration = {"updates": saved["updates"], "distances": list(saved["distances"])}
         if self.delayed_policy:
             self.steps = state["steps"]
 

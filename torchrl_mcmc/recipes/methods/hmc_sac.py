@@ -38,6 +38,7 @@ class HMCSAC(LossMethod):
             beta=cfg.pid.beta_init,
             prior=cfg.hmc.prior,
             potential_critic=cfg.hmc.potential_critic,
+            pessimism=cfg.hmc.pessimism,
         ).to(device)
         loss = HMCLoss(
             self.actor,
@@ -61,10 +62,6 @@ class HMCSAC(LossMethod):
         self.h_update_interval: int = cfg.hmc.h_update_interval
         self.updates = 0
 
-    def begin_iteration(self) -> None:
-        # theta_t <- theta once per policy iteration (docs/method.md §1.1), never per SGD step.
-        self.loss.refresh_prior()
-
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         # Alternating mode with h_update_interval = n: the h chain runs every n-th update only.
         self.loss.compute_h_loss = self.updates % self.h_update_interval == 0
@@ -76,7 +73,4 @@ class HMCSAC(LossMethod):
                 total = total + out[extra]
         self._step(total)
         self.target_updater.step()
-        return {k: v.item() for k, v in out.items()}
-
-    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        return self._update_beta(metrics) or {}
+        return self._count_update({k: v.item() for k, v in out.items()})

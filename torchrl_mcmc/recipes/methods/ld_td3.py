@@ -35,6 +35,8 @@ class LDTD3(LossMethod):
             hidden=cfg.flow.hidden,
             beta=cfg.pid.beta_init,
             exploration_noise=cfg.td3.exploration_noise,
+            potential_critic=cfg.flow.potential_critic,
+            pessimism=cfg.flow.pessimism,
         ).to(device)
         loss = LangevinFlowLoss(
             self.actor,
@@ -49,9 +51,6 @@ class LDTD3(LossMethod):
             "flow": torch.optim.Adam(loss.flow_parameters(), lr=cfg.flow.lr),
         }
         super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
-
-    def begin_iteration(self) -> None:
-        self.loss.refresh_prior()  # theta_t <- theta once per policy iteration
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         loss_qvalue, _ = self.loss.qvalue_loss(batch)
@@ -69,8 +68,4 @@ class LDTD3(LossMethod):
             self.target_updater.step()
             metrics["loss_actor"] = loss_actor.item()
             metrics.update({k: float(v) for k, v in info.items()})
-        return metrics
-
-    def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:
-        # Without a controller, or without an actor update this iteration, beta is unchanged.
-        return self._update_beta(metrics) or {"beta": self.loss.beta.item()}
+        return self._count_update(metrics)
