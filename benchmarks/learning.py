@@ -81,6 +81,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
             "hmc.potential_critic=min",
         ),
     ),
+    # LD-TD3's diagnosis (tier QL): the flow off (K = 0, the trust region and PID alone), and
+    # beta fixed at its initial value (the flow and the trust region without the controller).
+    "ld_td3_k0": ("ld_td3", ("flow.num_layers=0",)),
+    "ld_td3_fixedbeta": ("ld_td3", ("pid.enabled=false",)),
     # The entropy prior at the cheapest: joint updates, SAC's next action, one critic in U.
     "hmc_sac_ent_fast": (
         "hmc_sac",
@@ -127,6 +131,11 @@ TIERS = {
     # unchanged), the RL counterpart of the mechanism benchmark. Same networks for method and
     # baseline: SAC gets the same linear policy the HMC chain starts from.
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
+    # LD-TD3's diagnosis on tier Q's protocol (docs/benchmarks.md §3): which part of the
+    # method keeps it from learning where TD3 does.
+    "QL": dataclasses.replace(
+        _QUICK, seeds=(0, 1), methods=("td3", "ld_td3", "ld_td3_k0", "ld_td3_fixedbeta")
+    ),
     # MuJoCo screen (30k frames, an evaluation every 3k): the variants against SAC and the
     # best-of-N control at the paper-scale networks and schedule, before tier M's hours.
     "S": Tier(
