@@ -250,3 +250,25 @@ def test_a_policy_iteration_of_n_updates_refreshes_the_prior_and_steps_the_pid()
     assert "pid_distance" not in third and not prior_is_policy()
     assert method.end_iteration([first, second, third]) == {"beta": method.loss.beta.item()}
     env.close()
+
+
+def test_ld_td3_without_a_flow_trains_the_policy_alone() -> None:
+    """``flow.num_layers=0`` is TD3's actor with the trust region: no flow optimiser, and the
+    actor update moves the policy."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        overrides = ["preset=smoke", "env=Pendulum-v1", "td3.policy_delay=1"]
+        cfg = compose("ld_td3", overrides=[*overrides, "flow.num_layers=0"])
+    env = make_env(cfg)
+    set_seeds(0)
+    method = LDTD3(cfg, env, torch.device("cpu"))
+    assert list(method.optimizers) == ["critic", "policy"]
+    buffer = make_replay_buffer(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        data = env.rollout(50, method.policy, break_when_any_done=False)
+    buffer.extend(data.reshape(-1).select(*method.replay_keys, strict=False))
+    before = [p.detach().clone() for p in method.actor.policy.parameters()]
+    metrics = method.update(buffer.sample())
+    after = list(method.actor.policy.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert metrics["critic_gain"] == 0.0 and "loss_flow" not in metrics
+    env.close()

@@ -48,8 +48,10 @@ class LDTD3(LossMethod):
         optimizers = {
             "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
             "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),
-            "flow": torch.optim.Adam(loss.flow_parameters(), lr=cfg.flow.lr),
         }
+        flow_parameters = list(loss.flow_parameters())
+        if flow_parameters:  # none with flow.num_layers=0: TD3's actor with the trust region
+            optimizers["flow"] = torch.optim.Adam(flow_parameters, lr=cfg.flow.lr)
         super().__init__(cfg, loss, policy=self.actor, optimizers=optimizers)
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
@@ -58,7 +60,9 @@ class LDTD3(LossMethod):
         metrics = {"loss_qvalue": loss_qvalue.item()}
         if self._policy_turn():
             loss_actor, info = self.loss.actor_loss(batch)
-            if self.loss.update_mode == "joint":
+            if "flow" not in self.optimizers:
+                self._step(loss_actor, "policy")
+            elif self.loss.update_mode == "joint":
                 self._step(loss_actor, "policy", "flow")
             else:
                 self._step(loss_actor, "policy")
