@@ -133,9 +133,7 @@ TIERS = {
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
     # LD-TD3's diagnosis on tier Q's protocol (docs/benchmarks.md §3): which part of the
     # method keeps it from learning where TD3 does.
-    "QL": dataclasses.replace(
-        _QUICK, seeds=(0, 1), methods=("td3", "ld_td3", "ld_td3_k0", "ld_td3_fixedbeta")
-    ),
+    "QL": dataclasses.replace(_QUICK, methods=("td3", "ld_td3", "ld_td3_k0", "ld_td3_fixedbeta")),
     # MuJoCo screen (30k frames, an evaluation every 3k): the variants against SAC and the
     # best-of-N control at the paper-scale networks and schedule, before tier M's hours.
     "S": Tier(
