@@ -81,9 +81,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
             "hmc.potential_critic=min",
         ),
     ),
-    # LD-TD3's diagnosis (tier QL): the flow off (K = 0, the trust region and PID alone), and
-    # beta fixed at its initial value (the flow and the trust region without the controller).
-    "ld_td3_k0": ("ld_td3", ("flow.num_layers=0",)),
+    # LD-TD3 (docs/method.md §1.8). The paper's configuration: the PID controls beta. The
+    # diagnosis (tier QL): the flow off (K = 0, the trust region and PID alone), and beta fixed
+    # at its initial value (the flow and the trust region without the controller: the
+    # script's default since that diagnosis).
+    "ld_td3_pid": ("ld_td3", ("pid.enabled=true",)),
+    "ld_td3_k0": ("ld_td3", ("flow.num_layers=0", "pid.enabled=true")),
     "ld_td3_fixedbeta": ("ld_td3", ("pid.enabled=false",)),
     # The entropy prior at the cheapest: joint updates, SAC's next action, one critic in U.
     "hmc_sac_ent_fast": (
@@ -113,7 +116,8 @@ _QUICK = Tier(
         "hmc_sac_ent",
         "hmc_sac_ent_fast",
         "td3",
-        "ld_td3",
+        "ld_td3_pid",
+        "ld_td3_fixedbeta",
     ),
     eval_interval=1_000,
     overrides=("preset=quick",),
@@ -133,7 +137,9 @@ TIERS = {
     "QW": dataclasses.replace(_QUICK_5K, overrides=(*_QUICK.overrides, "network.policy_hidden=[]")),
     # LD-TD3's diagnosis on tier Q's protocol (docs/benchmarks.md §3): which part of the
     # method keeps it from learning where TD3 does.
-    "QL": dataclasses.replace(_QUICK, methods=("td3", "ld_td3", "ld_td3_k0", "ld_td3_fixedbeta")),
+    "QL": dataclasses.replace(
+        _QUICK, methods=("td3", "ld_td3_pid", "ld_td3_k0", "ld_td3_fixedbeta")
+    ),
     # MuJoCo screen (30k frames, an evaluation every 3k): the variants against SAC and the
     # best-of-N control at the paper-scale networks and schedule, before tier M's hours.
     "S": Tier(
@@ -336,13 +342,18 @@ def collect_finished(tier_name: str) -> int:
 
 # ---------------------------------------------------------------------------- aggregation
 def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
-    """``{(env, method): [summary, ...]}`` of the finished runs, sorted by seed."""
+    """``{(env, method): [summary, ...]}`` of the finished runs, sorted by seed.
+
+    A run counts under the method its place in the grid names (what its overrides make it; its
+    ``config`` records them all), which is its ``method`` too unless it was made before a
+    variant got its name: LD-TD3's PID runs made while the PID was the script's default.
+    """
     results: dict[tuple[str, str], list[dict]] = {}
     for method, env, seed in _grid(tier_name, None, None, None):
         path = result_path(tier_name, method, env, seed)
         if path.exists():
             summary = json.loads(path.read_text())
-            results.setdefault((summary["env"], summary["method"]), []).append(summary)
+            results.setdefault((summary["env"], method), []).append(summary)
     for runs in results.values():
         runs.sort(key=lambda s: s["seed"])
     return results

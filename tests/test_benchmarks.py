@@ -82,7 +82,15 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     assert sac["auc_iqm"] == pytest.approx(-120.0, abs=1e-6)
     hmc = out["results"]["Pendulum-v1"]["hmc_sac_ent"]
     assert hmc["iqm"] == pytest.approx(-150.0) and hmc["iqm_ci95"] == pytest.approx([-150, -150])
-    assert len(out["pending"]) == 5 * 5  # the other five methods never ran
+    assert len(out["pending"]) == 6 * 5  # the other six methods never ran
+    # A run counts under the variant its place names, whatever ``method`` it recorded (LD-TD3's
+    # PID runs made while the PID was the script's default).
+    path = learning.result_path("Q", "ld_td3_pid", "Pendulum-v1", 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_fake_summary("ld_td3", "Pendulum-v1", 0, -999.0)))
+    out = learning.aggregate("Q")
+    assert out["results"]["Pendulum-v1"]["ld_td3_pid"]["final_scores"] == [-999.0]
+    assert "ld_td3" not in out["results"]["Pendulum-v1"]
     assert (learning.RESULTS.parent / "learning_Q_Pendulum-v1.png").stat().st_size > 1000
 
 
