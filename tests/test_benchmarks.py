@@ -212,3 +212,22 @@ def test_a_stop_request_reaches_the_run_once_and_stops_the_grid(tmp_path: Path) 
     assert code == 128 + signal.SIGTERM
     assert marker.read_text() == f"checkpoint on {int(signal.SIGTERM)}\n"  # exactly once
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the grid's handler is gone
+
+
+def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
+    tmp_path: Path,
+) -> None:
+    """Known answer: with ``flow.num_layers=0`` the refined action is the policy's, so both the
+    critic's gain and the true (rolled-out) gain are exactly 0 at every state."""
+    from benchmarks import chain_gain
+    from torchrl_mcmc.recipes import LDTD3, compose_config, train
+
+    overrides = ["preset=smoke", "env=Pendulum-v1", "flow.num_layers=0", f"run_root={tmp_path}"]
+    assert train(compose_config("ld_td3", overrides), LDTD3) == 0
+    (run_dir,) = (tmp_path / "ld_td3" / "Pendulum-v1").iterdir()
+    out = tmp_path / "gain"
+    assert chain_gain.main([str(run_dir), "--states", "3", "--out", str(out)]) == 0
+    (result,) = out.iterdir()
+    rows = json.loads(result.read_text())["rows"]
+    assert len(rows) == 3
+    assert all(r["critic_gain"] == 0.0 and r["true_gain"] == 0.0 for r in rows)

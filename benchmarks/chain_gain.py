@@ -1,0 +1,160 @@
+"""Is the chain's critic gain real? The critic's and the environment's verdict on refined actions.
+
+For a trained Pendulum-v1 run of ``ld_td3`` or ``hmc_sac`` (its run directory, last checkpoint),
+at states visited by the deterministic actor, this compares two gains of the refined action
+``aK`` over the policy's own action ``a0`` (``K = 0``, the same networks):
+
+* the **critic gain** ``Q(s, aK) - Q(s, a0)`` (the twins' minimum), what the chain climbs and
+  the losses log as ``critic_gain``;
+* the **true gain** ``G(s, aK) - G(s, a0)``: the discounted return of taking that first action
+  and then following the deterministic actor, by rolling the environment out from the restored
+  state (Pendulum's state ``(theta, theta_dot)`` restores exactly; the horizon is the episode's
+  200 steps).
+
+A chain that climbs into actions the critic overrates shows a critic gain with no true gain.
+Deterministic throughout (deterministic actor, deterministic dynamics), so one rollout per
+action is exact.
+
+    python benchmarks/chain_gain.py runs/benchmarks/QL/ld_td3_fixedbeta/Pendulum-v1/seed0
+
+Writes ``benchmarks/results/chain_gain/<method>_<env>_seed<N>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_mcmc.recipes import HMCSAC, LDTD3, make_env
+from torchrl_mcmc.recipes.checkpoint import load_checkpoint
+from torchrl_mcmc.recipes.provenance import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "chain_gain"
+
+logger = logging.getLogger("benchmarks.chain_gain")
+
+
+def _act(module, obs: np.ndarray) -> np.ndarray:
+    td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32)}, batch_size=[])
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        return module(td)["action"].numpy().astype(np.float64)
+
+
+def _return(env: gym.Env, state: np.ndarray, first: np.ndarray, actor, gamma: float) -> float:
+    """Discounted return of ``first`` from ``state``, then the deterministic ``actor``."""
+    env.reset()
+    env.unwrapped.state = state.copy()
+    obs, reward, terminated, truncated, _ = env.step(first)
+    total, discount, steps = reward, gamma, 1
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, _ = env.step(_act(actor, obs))
+        total += discount * reward
+        discount *= gamma
+        steps += 1
+    return float(total)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--states", type=int, default=64, help="states to compare at")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    cfg = OmegaConf.load(args.run_dir / "config.yaml")
+    if cfg.env.name != "Pendulum-v1":
+        raise SystemExit(f"env.name={cfg.env.name!r}: only Pendulum-v1's state is restored here")
+    method_cls = LDTD3 if "flow" in cfg else HMCSAC
+    spec_env = make_env(cfg)
+    method = method_cls(cfg, spec_env, torch.device("cpu"))
+    checkpoint = load_checkpoint(args.run_dir)
+    method.load_state_dict(checkpoint["method"])
+    actor = method.actor
+    base = actor.policy  # the policy alone: a0 (TD3's action; HMC's deterministic mode)
+
+    # States the deterministic actor visits, from seeded starts.
+    env = gym.make(cfg.env.name)
+    rng = np.random.default_rng(args.seed)
+    states = []
+    episode = 0
+    while len(states) < args.states:
+        obs, _ = env.reset(seed=args.seed + episode)
+        episode += 1
+        visited = []
+        for _ in range(200):
+            visited.append(np.array(env.unwrapped.state, dtype=np.float64))
+            obs, _, terminated, truncated, _ = env.step(_act(actor, obs))
+            if terminated or truncated:
+                break
+        picks = rng.choice(len(visited), size=min(16, len(visited)), replace=False)
+        states.extend(visited[i] for i in picks)
+    states = states[: args.states]
+
+    gamma = float(cfg.optim.gamma)
+    rows = []
+    for state in states:
+        theta, theta_dot = state
+        obs = np.array([math.cos(theta), math.sin(theta), theta_dot], dtype=np.float32)
+        a0, a_k = _act(base, obs), _act(actor, obs)
+        td = TensorDict({"observation": torch.as_tensor(obs).expand(2, 3)}, batch_size=[2])
+        with torch.no_grad():
+            q = actor.critic_value(td, torch.as_tensor(np.stack([a0, a_k]), dtype=torch.float32))
+        rows.append(
+            {
+                "critic_gain": float(q[1] - q[0]),
+                "true_gain": _return(env, state, a_k, actor, gamma)
+                - _return(env, state, a0, actor, gamma),
+                "move": float(np.abs(a_k - a0).max()),
+            }
+        )
+    critic = np.array([r["critic_gain"] for r in rows])
+    true = np.array([r["true_gain"] for r in rows])
+    summary = {
+        "states": len(rows),
+        "critic_gain_mean": float(critic.mean()),
+        "true_gain_mean": float(true.mean()),
+        "true_gain_median": float(np.median(true)),
+        "fraction_true_gain_negative": float((true < 0).mean()),
+        "correlation": float(np.corrcoef(critic, true)[0, 1]) if true.std() > 0 else None,
+        "action_move_mean": float(np.mean([r["move"] for r in rows])),
+    }
+    logger.info("%s", json.dumps(summary))
+    out = {
+        **provenance(),
+        "run_dir": str(args.run_dir),
+        "checkpoint_frames": checkpoint.get("frames"),
+        "method": cfg.method,
+        "seed": int(cfg.seed),
+        "protocol": {
+            "states": args.states,
+            "state_seed": args.seed,
+            "gamma": gamma,
+            "rollout": "first action, then the deterministic actor to the episode's end (200)",
+        },
+        "summary": summary,
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{cfg.method}_{cfg.env.name}_seed{cfg.seed}.json"
+    path.write_text(json.dumps(out, indent=1))
+    logger.info("wrote %s", path)
+    spec_env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
