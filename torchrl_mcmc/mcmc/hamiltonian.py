@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchrl_mcmc.mcmc.integrators import (
@@ -27,37 +26,13 @@ from torchrl_mcmc.mcmc.integrators import (
     integrate,
     potential_grad,
 )
+from torchrl_mcmc.mcmc.nets import run_tanh_mlp, tanh_mlp
 
 __all__ = ["DIVERGENCE_THRESHOLD", "FlowOutput", "GradientGate", "HamiltonianFlow"]
 
 #: The energy error ``H(uK, rhoK) - H(u0, rho0)``, in nats, past which a chain counts as
 #: divergent. Stan, NumPyro and BlackJAX flag a divergent transition at the same 1000 nats.
 DIVERGENCE_THRESHOLD = 1000.0
-
-
-def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    # Two hidden layers (paper §5: "two layers with 16 neurons"); tanh keeps the force smooth,
-    # which matters because training differentiates through it a second time.
-    return nn.Sequential(
-        nn.Linear(in_features, hidden),
-        nn.Tanh(),
-        nn.Linear(hidden, hidden),
-        nn.Tanh(),
-        nn.Linear(hidden, out_features),
-    )
-
-
-def _run_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
-    """``net(x)`` for a net built by :func:`_mlp`, without ``nn.Module`` call overhead.
-
-    The gates run ``K + 1`` times per chain on tiny tensors, where each module call costs more
-    than its arithmetic (acting runs at batch 1). Same layers, same parameters (read at call
-    time, so ``to_module``/``functional_call`` swaps are seen); hooks on these internal layers
-    are not run.
-    """
-    for layer in net:
-        x = torch.tanh(x) if isinstance(layer, nn.Tanh) else F.linear(x, layer.weight, layer.bias)
-    return x
 
 
 class GradientGate(nn.Module):
@@ -95,8 +70,8 @@ class GradientGate(nn.Module):
             raise ValueError(f"state_dim must be >= 0, got {state_dim}.")
         in_features = 2 * action_dim + state_dim
         self.state_dim = state_dim
-        self.sigma_net = _mlp(in_features, hidden, 1)
-        self.shift_net = _mlp(in_features, hidden, action_dim)
+        self.sigma_net = tanh_mlp(in_features, hidden, 1)
+        self.shift_net = tanh_mlp(in_features, hidden, action_dim)
         with torch.no_grad():
             self.sigma_net[-1].bias.fill_(3.0)
             self.shift_net[-1].weight.zero_()
@@ -109,8 +84,8 @@ class GradientGate(nn.Module):
                 raise ValueError("this gate was built with state_dim > 0 but got no state.")
             inputs.append(state)
         features = torch.cat(inputs, dim=-1)
-        sigma = torch.sigmoid(_run_mlp(self.sigma_net, features))
-        shift = torch.tanh(_run_mlp(self.shift_net, features))
+        sigma = torch.sigmoid(run_tanh_mlp(self.sigma_net, features))
+        shift = torch.tanh(run_tanh_mlp(self.shift_net, features))
         return sigma * grad + (1.0 - sigma) * shift
 
 
