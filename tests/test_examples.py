@@ -22,8 +22,8 @@ SCRIPTS = ["hmc_sac.py", "sac.py", "bon_sac.py", "ld_td3.py", "td3.py"]
 
 
 def _run(script: str, *overrides: str, run_root: Path, timeout: int = 300, check: bool = True):
-    """Runs ``examples/<script>``, or :func:`~torchrl_mcmc.recipes.train` through
-    ``python -m torchrl_mcmc.recipes <recipe>`` for ``script="-m <recipe>"``."""
+    """Runs ``examples/<script>``, or :func:`~torchrl_mcmc.recipes.train` for a ``script`` of
+    the form ``"-m torchrl_mcmc.recipes <recipe>"``."""
     program = script.split() if script.startswith("-m ") else [str(ROOT / "examples" / script)]
     cmd = [sys.executable, *program, *overrides, f"run_root={run_root}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -302,7 +302,8 @@ def test_progress_bar_shows_known_values_only_and_log_lines_print_above_it(
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
     # Twice the script, and once train() (python -m), whose loop the script writes out.
     logs, evals = [], []
-    for name, script in (("a", "hmc_sac.py"), ("b", "hmc_sac.py"), ("train", "-m hmc_sac")):
+    runs = {"a": "hmc_sac.py", "b": "hmc_sac.py", "train": "-m torchrl_mcmc.recipes hmc_sac"}
+    for name, script in runs.items():
         _run(script, *SMOKE, "env=Pendulum-v1", run_root=tmp_path / name)
         (run_dir,) = _run_dirs(tmp_path / name)
         logs.append([_scalar_log(run_dir, f"train/{k}") for k in ("loss_qvalue", "loss_actor")])
