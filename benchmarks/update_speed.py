@@ -80,7 +80,7 @@ from omegaconf import DictConfig
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import LossModule, SACLoss, TD3Loss
 
-from torchrl_mcmc.objectives._common import MCMCPolicyLoss
+from torchrl_mcmc.objectives.common import MCMCPolicyLoss
 from torchrl_mcmc.recipes import (
     CONFIG_DIR,
     HMCSAC,

@@ -8,8 +8,9 @@ TorchRL's SAC (same networks, budget and schedule as ``sac.py``), acting with th
 the TD target's next action: the critic evaluations of an HMC chain of ``K = N - 1`` steps,
 spent on selection. A gain of HMC-SAC is credited to the chain only above this.
 
-The method is :class:`torchrl_mcmc.recipes.BestOfNSAC`; the rest is
-:func:`torchrl_mcmc.recipes.train`'s. Configuration: ``torchrl_mcmc/recipes/config/bon_sac.yaml``.
+The method is :class:`torchrl_mcmc.recipes.BestOfNSAC`; the loop below is
+:func:`torchrl_mcmc.recipes.train`'s, and :class:`torchrl_mcmc.recipes.Run` does what is
+around it. Configuration: ``torchrl_mcmc/recipes/config/bon_sac.yaml``.
 """
 
 from __future__ import annotations
@@ -19,17 +20,37 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from torchrl_mcmc.recipes import BestOfNSAC, train
+from torchrl_mcmc.recipes import BestOfNSAC, Run
 
 
 @hydra.main(
     config_path="pkg://torchrl_mcmc.recipes.config", config_name="bon_sac", version_base="1.3"
 )
 def main(cfg: DictConfig) -> None:
-    # Run directory, collection, updates, evaluation, checkpoints: torchrl_mcmc/recipes/trainer.py
-    code = train(cfg, BestOfNSAC)
-    if code:
-        sys.exit(code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
+    # Opens the run directory (new, or resume=), then builds the method, replay buffer, logger
+    # and collector; on leaving, writes the last checkpoint and summary.json.
+    with Run(cfg, BestOfNSAC) as run:
+        method, buffer = run.method, run.buffer
+        for batch in run.collect():
+            # One batch of frames is one policy iteration; the buffer keeps what updates read.
+            buffer.extend(batch.reshape(-1).select(*method.replay_keys, strict=False))
+            # optim.utd_ratio updates per frame, once the random frames are in.
+            num_updates = run.updates_due(batch)
+            if num_updates:
+                method.begin_iteration()
+                metrics = [method.update(buffer.sample()) for _ in range(num_updates)]
+                run.log_updates(metrics, method.end_iteration(metrics))
+            run.collector.update_policy_weights_()
+            # Evaluate and checkpoint when due, log, and stop here if a signal asked to.
+            if run.evaluation_due():
+                run.evaluate()
+            run.log()
+            if run.checkpoint_due():
+                run.checkpoint()
+            if run.stop_requested:
+                break
+    if run.exit_code:
+        sys.exit(run.exit_code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
 
 
 if __name__ == "__main__":

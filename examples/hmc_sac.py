@@ -5,9 +5,10 @@
     python examples/hmc_sac.py preset=quick         # Pendulum-v1, < 15 min on 2 CPU cores
     python examples/hmc_sac.py resume=runs/hmc_sac/Hopper-v4/seed0-20261124-101500
 
-The method is :class:`torchrl_mcmc.recipes.HMCSAC`; everything else (environment, networks,
-collection, replay, evaluation, budget, checkpoints, resume) is
-:func:`torchrl_mcmc.recipes.train`'s, shared with ``sac.py``. Configuration:
+The method is :class:`torchrl_mcmc.recipes.HMCSAC` (its actor, loss, optimisers and one update);
+the loop below is :func:`torchrl_mcmc.recipes.train`'s, shared with ``sac.py``, and
+:class:`torchrl_mcmc.recipes.Run` does what is around it (run directory, resume, logger,
+collector, evaluation, checkpoints, stop on SIGTERM). Configuration:
 ``torchrl_mcmc/recipes/config/hmc_sac.yaml``.
 """
 
@@ -18,17 +19,37 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from torchrl_mcmc.recipes import HMCSAC, train
+from torchrl_mcmc.recipes import HMCSAC, Run
 
 
 @hydra.main(
     config_path="pkg://torchrl_mcmc.recipes.config", config_name="hmc_sac", version_base="1.3"
 )
 def main(cfg: DictConfig) -> None:
-    # Run directory, collection, updates, evaluation, checkpoints: torchrl_mcmc/recipes/trainer.py
-    code = train(cfg, HMCSAC)
-    if code:
-        sys.exit(code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
+    # Opens the run directory (new, or resume=), then builds the method, replay buffer, logger
+    # and collector; on leaving, writes the last checkpoint and summary.json.
+    with Run(cfg, HMCSAC) as run:
+        method, buffer = run.method, run.buffer
+        for batch in run.collect():
+            # One batch of frames is one policy iteration; the buffer keeps what updates read.
+            buffer.extend(batch.reshape(-1).select(*method.replay_keys, strict=False))
+            # optim.utd_ratio updates per frame, once the random frames are in.
+            num_updates = run.updates_due(batch)
+            if num_updates:
+                method.begin_iteration()
+                metrics = [method.update(buffer.sample()) for _ in range(num_updates)]
+                run.log_updates(metrics, method.end_iteration(metrics))
+            run.collector.update_policy_weights_()
+            # Evaluate and checkpoint when due, log, and stop here if a signal asked to.
+            if run.evaluation_due():
+                run.evaluate()
+            run.log()
+            if run.checkpoint_due():
+                run.checkpoint()
+            if run.stop_requested:
+                break
+    if run.exit_code:
+        sys.exit(run.exit_code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
 
 
 if __name__ == "__main__":

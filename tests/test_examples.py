@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import csv
+import inspect
 import json
 import os
 import signal
@@ -16,10 +18,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["preset=smoke"]
+SCRIPTS = ["hmc_sac.py", "sac.py", "bon_sac.py", "ld_td3.py", "td3.py"]
 
 
 def _run(script: str, *overrides: str, run_root: Path, timeout: int = 300, check: bool = True):
-    cmd = [sys.executable, str(ROOT / "examples" / script), *overrides, f"run_root={run_root}"]
+    """Runs ``examples/<script>``, or :func:`~torchrl_mcmc.recipes.train` for a ``script`` of
+    the form ``"-m torchrl_mcmc.recipes <recipe>"``."""
+    program = script.split() if script.startswith("-m ") else [str(ROOT / "examples" / script)]
+    cmd = [sys.executable, *program, *overrides, f"run_root={run_root}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
@@ -38,7 +44,7 @@ def _scalar_log(run_dir: Path, name: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize("env_name", ["Pendulum-v1", "Hopper-v4"])
-@pytest.mark.parametrize("script", ["hmc_sac.py", "sac.py", "bon_sac.py", "ld_td3.py", "td3.py"])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_script_runs_end_to_end(script: str, env_name: str, tmp_path: Path) -> None:
     _run(script, *SMOKE, f"env={env_name}", run_root=tmp_path)
     (run_dir,) = _run_dirs(tmp_path)
@@ -294,13 +300,41 @@ def test_progress_bar_shows_known_values_only_and_log_lines_print_above_it(
 
 
 def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
-    logs = []
-    for name in ("a", "b"):
-        _run("hmc_sac.py", *SMOKE, "env=Pendulum-v1", run_root=tmp_path / name)
+    # Twice the script, and once train() (python -m), whose loop the script writes out.
+    logs, evals = [], []
+    runs = {"a": "hmc_sac.py", "b": "hmc_sac.py", "train": "-m torchrl_mcmc.recipes hmc_sac"}
+    for name, script in runs.items():
+        _run(script, *SMOKE, "env=Pendulum-v1", run_root=tmp_path / name)
         (run_dir,) = _run_dirs(tmp_path / name)
         logs.append([_scalar_log(run_dir, f"train/{k}") for k in ("loss_qvalue", "loss_actor")])
-    assert logs[0] == logs[1]
+        evals.append(json.loads((run_dir / "summary.json").read_text())["eval_history"])
+    assert logs[0] == logs[1] == logs[2]
     assert len(logs[0][0]) >= 2
+    assert evals[0] == evals[1] == evals[2] and len(evals[0]) == 2
+
+
+def _written_out_loop(source: str, function: str) -> tuple[str, str]:
+    """The ``with Run(cfg, <method>) as run:`` block of ``function`` in ``source``: the method's
+    name, and the block's body as an AST dump (comments and positions left out)."""
+    (func,) = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef) and node.name == function
+    ]
+    (block,) = [node for node in ast.walk(func) if isinstance(node, ast.With)]
+    run = block.items[0].context_expr
+    assert ast.unparse(run.func) == "Run" and ast.unparse(block.items[0].optional_vars) == "run"
+    return ast.unparse(run.args[1]), ast.dump(ast.Module(body=block.body, type_ignores=[]))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_writes_out_the_loop_of_train(script: str) -> None:
+    from torchrl_mcmc.recipes import METHODS, trainer
+
+    _, expected = _written_out_loop(inspect.getsource(trainer), "train")
+    method, loop = _written_out_loop((ROOT / "examples" / script).read_text(), "main")
+    assert method == METHODS[script.removesuffix(".py")].__name__
+    assert loop == expected, f"examples/{script}'s loop is not train()'s: keep them the same"
 
 
 def test_hydra_multirun_makes_one_run_directory_per_job(tmp_path: Path) -> None:

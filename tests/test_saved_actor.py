@@ -12,7 +12,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule
 
 from torchrl_mcmc import HMCActor, HMCLoss, LangevinFlowActor, LangevinFlowLoss
-from torchrl_mcmc.modules._common import MCMCActorBase
+from torchrl_mcmc.modules.common import MCMCActorBase
 
 OBS, ACT = 4, 2
 

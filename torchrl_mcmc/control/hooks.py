@@ -27,7 +27,7 @@ from tensordict import NestedKey, TensorDictBase
 from torch import Tensor, nn
 from torchrl.trainers import TrainerHookBase
 
-from torchrl_mcmc.control.pid import PIDController, _distance_as_float
+from torchrl_mcmc.control.pid import PIDController, distance_as_float
 
 if TYPE_CHECKING:
     from torchrl.trainers import Trainer
@@ -165,7 +165,7 @@ class PIDBetaHook(TrainerHookBase):
                 f"PIDBetaHook: the loss output has no {self.distance_key!r} entry (keys: "
                 f"{keys}). Make the loss emit the policy distance, or pass distance_key=."
             ) from err
-        value = _distance_as_float(distance)
+        value = distance_as_float(distance)
         self._distance_sum += value
         self._distance_count += 1
         return value

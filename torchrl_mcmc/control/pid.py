@@ -43,7 +43,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["PIDController"]
+__all__ = ["PIDController", "distance_as_float"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,12 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
-def _distance_as_float(distance: float | Tensor) -> float:
-    """Convert a distance (python number or one-element tensor) to a finite float."""
+def distance_as_float(distance: float | Tensor) -> float:
+    """Convert a distance (python number or one-element tensor) to a finite float, or raise.
+
+    What :meth:`PIDController.update` and :class:`~torchrl_mcmc.control.hooks.PIDBetaHook`
+    accept as a measurement, checked the same way in both before any state changes.
+    """
     if isinstance(distance, Tensor):
         if distance.numel() != 1:
             raise ValueError(
@@ -299,7 +303,7 @@ class PIDController:
             TypeError: if ``distance`` is neither a real number nor a tensor.
         """
         # Validate before touching any state, so a bad measurement cannot corrupt the controller.
-        d = _distance_as_float(distance)
+        d = distance_as_float(distance)
         delta = d - self._target
         deriv = 0.0 if self._prev_distance is None else d - self._prev_distance
         integral = max(0.0, self._integral + delta)

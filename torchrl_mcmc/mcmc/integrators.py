@@ -47,19 +47,17 @@ class LeapfrogState(NamedTuple):
     Attributes:
         position: ``q``, shape ``[*batch, d]``.
         momentum: ``p``, shape ``[*batch, d]``.
-        potential_grad: the raw ``grad_q U(q)``, kept for diagnostics and for gates that read it.
-        force: the vector ``G(q)`` the momentum update uses (``potential_grad`` itself for plain
+        force: the vector ``G(q)`` the momentum update uses (``grad_q U(q)`` itself for plain
             leapfrog, the gated mix of eqs. 18–19 otherwise).
     """
 
     position: Tensor
     momentum: Tensor
-    potential_grad: Tensor
     force: Tensor
 
 
-#: ``force_fn(position) -> (potential_grad, force)``.
-ForceFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+#: ``force_fn(position) -> force``: ``G(q)``, which must not read the momentum.
+ForceFn = Callable[[Tensor], Tensor]
 
 
 def potential_grad(
@@ -96,8 +94,7 @@ def potential_grad(
 
 def init_state(position: Tensor, momentum: Tensor, force_fn: ForceFn) -> LeapfrogState:
     """Builds the initial state, evaluating the force once at ``position``."""
-    grad, force = force_fn(position)
-    return LeapfrogState(position, momentum, grad, force)
+    return LeapfrogState(position, momentum, force_fn(position))
 
 
 def leapfrog_step(state: LeapfrogState, step_size: Tensor, force_fn: ForceFn) -> LeapfrogState:
@@ -111,9 +108,9 @@ def leapfrog_step(state: LeapfrogState, step_size: Tensor, force_fn: ForceFn) ->
     half = 0.5 * step_size
     momentum = state.momentum - half * state.force
     position = state.position + step_size * momentum
-    grad, force = force_fn(position)
+    force = force_fn(position)
     momentum = momentum - half * force
-    return LeapfrogState(position, momentum, grad, force)
+    return LeapfrogState(position, momentum, force)
 
 
 def integrate(
@@ -123,7 +120,7 @@ def integrate(
 
     Examples:
         >>> import math
-        >>> force = lambda q: (q, q)  # harmonic oscillator, U = q^2 / 2
+        >>> force = lambda q: q  # harmonic oscillator, U = q^2 / 2: G(q) = grad U(q) = q
         >>> s0 = init_state(torch.tensor([math.sin(1.0)]), torch.tensor([math.cos(1.0)]), force)
         >>> s = integrate(s0, torch.tensor(0.01), 100, force)
         >>> energy = lambda s: 0.5 * (s.position**2 + s.momentum**2).item()

@@ -41,8 +41,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from torchrl_mcmc.mcmc.hamiltonian import _mlp, _run_mlp
 from torchrl_mcmc.mcmc.integrators import potential_grad
+from torchrl_mcmc.mcmc.nets import run_tanh_mlp, tanh_mlp
 
 __all__ = [
     "LangevinCoupling",
@@ -159,7 +159,7 @@ class LangevinCoupling(nn.Module):
         self.register_buffer("free_index", (~mask).nonzero().squeeze(-1))
         self.log_step_size = nn.Parameter(torch.tensor(math.log(step_size)))
         # The HMC gates' small tanh MLP: smooth, as training differentiates through the flow.
-        self.net = _mlp(in_features, hidden, 3 * num_free)
+        self.net = tanh_mlp(in_features, hidden, 3 * num_free)
         with torch.no_grad():
             # sigma = S = T = 0: a fresh layer is plain Langevin ascent on its free half.
             self.net[-1].weight.zero_()
@@ -192,8 +192,9 @@ class LangevinCoupling(nn.Module):
             if state is None:
                 raise ValueError("this layer was built with state_dim > 0 but got no state.")
             features.append(state)
-        # _run_mlp: the same layers without nn.Module call overhead (acting runs at batch 1).
-        sigma, log_scale, shift = _run_mlp(self.net, torch.cat(features, dim=-1)).chunk(3, dim=-1)
+        # run_tanh_mlp: the same layers without nn.Module call overhead (acting runs at batch 1).
+        net_out = run_tanh_mlp(self.net, torch.cat(features, dim=-1))
+        sigma, log_scale, shift = net_out.chunk(3, dim=-1)
         sigma = _soft_clamp(sigma, self.scale_bound)
         log_scale = _soft_clamp(log_scale, self.scale_bound)
 

@@ -44,8 +44,8 @@ def _plain_module(net: nn.Module) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks for m in (net, net.module))
 
 
-def _plain_policy(policy: ProbabilisticTensorDictSequential) -> bool:
-    """Whether :func:`_policy_dist` may call the policy's network directly.
+def plain_policy(policy: ProbabilisticTensorDictSequential) -> bool:
+    """Whether :func:`policy_dist` may call the policy's network directly.
 
     True for the usual ``ProbabilisticActor(TensorDictModule(net, ...), ...)`` whose network
     writes every parameter its distribution reads: then ``get_dist`` amounts to ``net(*inputs)``
@@ -65,8 +65,8 @@ def _plain_policy(policy: ProbabilisticTensorDictSequential) -> bool:
     return all(key in net.out_keys for key in prob.in_keys)
 
 
-def _plain_deterministic_policy(policy: TensorDictSequential, base_key: NestedKey) -> bool:
-    """Whether :func:`_deterministic_policy_output` may call the policy's network directly.
+def plain_deterministic_policy(policy: TensorDictSequential, base_key: NestedKey) -> bool:
+    """Whether :func:`deterministic_policy_output` may call the policy's network directly.
 
     True for TorchRL's usual TD3 actor, ``TensorDictSequential(TensorDictModule(net, ...,
     out_keys=[base_key]), TanhModule(...))`` whose ``TanhModule`` writes another key than the
@@ -83,7 +83,7 @@ def _plain_deterministic_policy(policy: TensorDictSequential, base_key: NestedKe
     return _plain_module(net) and list(net.out_keys) == [base_key] and base_key not in tanh.out_keys
 
 
-def _deterministic_policy_output(
+def deterministic_policy_output(
     policy: TensorDictSequential, tensordict: TensorDictBase, base_key: NestedKey, plain: bool
 ) -> Tensor:
     """The policy's ``base_key`` output on its inputs in ``tensordict``, which is left untouched."""
@@ -93,7 +93,7 @@ def _deterministic_policy_output(
     return policy(tensordict.select(*policy.in_keys).copy()).get(base_key)
 
 
-def _policy_dist(
+def policy_dist(
     policy: ProbabilisticTensorDictSequential, tensordict: TensorDictBase, plain: bool
 ) -> D.Distribution:
     """``policy.get_dist`` on the policy's inputs in ``tensordict``, which is left untouched."""
@@ -113,7 +113,7 @@ def _policy_dist(
 
 # Activations under which a critic is piecewise linear in its input. Autograd differentiates
 # their backward (``threshold_backward``, ``leaky_relu_backward``) to exact zeros w.r.t. the
-# input, which is what makes the closed-form gradient of :class:`_PiecewiseLinearCritic` exact
+# input, which is what makes the closed-form gradient of :class:`PiecewiseLinearCritic` exact
 # in training too.
 _PIECEWISE_LINEAR_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Identity)
 
@@ -172,7 +172,7 @@ def _activation_saved(module: nn.Module, pre: Tensor, post: Tensor) -> Tensor | 
     return None
 
 
-class _PiecewiseLinearCritic:
+class PiecewiseLinearCritic:
     """The fast path for the usual critic: a ``TensorDictModule`` over a ReLU ``MLP``.
 
     The generic evaluation of twin critics (``params.to_module`` under :func:`torch.vmap`, with
@@ -198,7 +198,7 @@ class _PiecewiseLinearCritic:
         self.layers: list[tuple[str, nn.Module]] = list(critic.module.named_children())
 
     @classmethod
-    def from_critic(cls, critic: TensorDictModuleBase) -> _PiecewiseLinearCritic | None:
+    def from_critic(cls, critic: TensorDictModuleBase) -> PiecewiseLinearCritic | None:
         # Exact types throughout: a subclass may override forward, and the fast path would then
         # compute a different function.
         if type(critic) not in (TensorDictModule, ValueOperator) or type(critic.module) is not MLP:
@@ -276,7 +276,7 @@ class _PiecewiseLinearCritic:
 
 
 class _BoundCritic:
-    """A :class:`_PiecewiseLinearCritic` at fixed states, set up once per chain.
+    """A :class:`PiecewiseLinearCritic` at fixed states, set up once per chain.
 
     The fixed inputs' share of the first layer (``state @ W_state.T + b``) is computed here,
     once, rather than at every leapfrog step.
@@ -313,7 +313,7 @@ class _BoundCritic:
                 if keep:
                     saved.append(_activation_saved(layer, pre, hidden))
             else:
-                hidden = _PiecewiseLinearCritic._linear(hidden, layer)
+                hidden = PiecewiseLinearCritic._linear(hidden, layer)
         return hidden.squeeze(-1), saved
 
     def values(self, action: Tensor) -> Tensor:

@@ -10,8 +10,8 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBas
 from tensordict.utils import NestedKey
 from torch import Tensor
 
-from torchrl_mcmc.modules._common import MCMCActorBase, _unique
-from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
+from torchrl_mcmc.modules._fast_paths import plain_policy, policy_dist
+from torchrl_mcmc.modules.common import MCMCActorBase, unique_keys
 
 __all__ = ["BestOfNActor"]
 
@@ -86,8 +86,8 @@ class BestOfNActor(MCMCActorBase):
         self._set_critic(critic, action_key)
         self.register_module("critic_params", None)
         self.num_samples = num_samples
-        self._plain_policy = _plain_policy(policy)
-        self.in_keys = _unique([*policy.in_keys, *self._critic_state_keys])
+        self._plain_policy = plain_policy(policy)
+        self.in_keys = unique_keys([*policy.in_keys, *self._critic_state_keys])
         self.out_keys = [action_key]
 
     def select(self, tensordict: TensorDictBase, explore: bool = True) -> tuple[Tensor, Tensor]:
@@ -97,7 +97,7 @@ class BestOfNActor(MCMCActorBase):
             explore: all candidates sampled (``True``), or the mode and ``N - 1`` samples.
         """
         with torch.no_grad():
-            dist = _policy_dist(self.policy, tensordict, self._plain_policy)
+            dist = policy_dist(self.policy, tensordict, self._plain_policy)
             candidates = dist.sample((self.num_samples,))  # [N, *batch, d]
             if not explore:
                 # TorchRL's distributions name their mode deterministic_sample; torch's, mode.

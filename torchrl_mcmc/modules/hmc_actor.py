@@ -25,8 +25,8 @@ from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, squash_log_det
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
-from torchrl_mcmc.modules._common import MCMCActorBase, PotentialCritic, _unique
-from torchrl_mcmc.modules._fast_paths import _plain_policy, _policy_dist
+from torchrl_mcmc.modules._fast_paths import plain_policy, policy_dist
+from torchrl_mcmc.modules.common import MCMCActorBase, PotentialCritic, unique_keys
 
 __all__ = ["HMCActor", "HMCSample"]
 
@@ -253,7 +253,7 @@ class HMCActor(MCMCActorBase):
         self.register_buffer("action_low", action_spec.space.low.detach().clone().float())
         self.register_buffer("action_high", action_spec.space.high.detach().clone().float())
 
-        self._plain_policy = _plain_policy(policy)  # the prior is a copy: same structure
+        self._plain_policy = plain_policy(policy)  # the prior is a copy: same structure
         self.gate_state_key = gate_state_key
         hmc_key = (hmc_key,) if isinstance(hmc_key, str) else tuple(hmc_key)
         self.hmc_keys = {
@@ -261,7 +261,7 @@ class HMCActor(MCMCActorBase):
             for name in ("u0", "rho0", "uK", "rhoK", "u0_log_prob", "divergent")
         }
         extra = [gate_state_key] if gate_state_key is not None else []
-        self.in_keys = _unique([*policy.in_keys, *self._critic_state_keys, *extra])
+        self.in_keys = unique_keys([*policy.in_keys, *self._critic_state_keys, *extra])
         self.out_keys = [action_key, *self.hmc_keys.values()]
 
     @staticmethod
@@ -424,10 +424,10 @@ class HMCActor(MCMCActorBase):
                 reruns the chains that did not diverge with them (the divergence guard).
         """
         plain = self._plain_policy
-        loc, scale = _gaussian_params(_policy_dist(self.policy, tensordict, plain))
+        loc, scale = _gaussian_params(policy_dist(self.policy, tensordict, plain))
         prior_loc = prior_scale = None
         if self.prior_kind == "policy":
-            prior_loc, prior_scale = _gaussian_params(_policy_dist(self.prior, tensordict, plain))
+            prior_loc, prior_scale = _gaussian_params(policy_dist(self.prior, tensordict, plain))
         if explore:
             xi, rho0 = (torch.randn_like(loc), torch.randn_like(loc)) if noise is None else noise
             u0 = loc + scale * xi
@@ -466,7 +466,7 @@ class HMCActor(MCMCActorBase):
         """The base policy's sample without the chain (``K = 0``: ``uK = u0``, ``rhoK = rho0``),
         e.g. for a TD target that skips the chain. Same fields as :meth:`sample`; no graph."""
         with torch.no_grad():
-            loc, scale = _gaussian_params(_policy_dist(self.policy, tensordict, self._plain_policy))
+            loc, scale = _gaussian_params(policy_dist(self.policy, tensordict, self._plain_policy))
             u0 = loc + scale * torch.randn_like(loc)
             rho0 = torch.randn_like(loc)
             action = squash(u0, self.action_low.to(loc.dtype), self.action_high.to(loc.dtype))

@@ -21,11 +21,11 @@ from torchrl.modules import TanhModule
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
-from torchrl_mcmc.modules._common import MCMCActorBase, PotentialCritic, _unique
 from torchrl_mcmc.modules._fast_paths import (
-    _deterministic_policy_output,
-    _plain_deterministic_policy,
+    deterministic_policy_output,
+    plain_deterministic_policy,
 )
+from torchrl_mcmc.modules.common import MCMCActorBase, PotentialCritic, unique_keys
 
 __all__ = ["LangevinFlowActor", "LangevinSample", "add_action_noise"]
 
@@ -293,12 +293,12 @@ class LangevinFlowActor(MCMCActorBase):
 
         self.base_key = tanh.in_keys[0]
         # The prior is a copy: same structure, same path.
-        self._plain_policy = _plain_deterministic_policy(policy, self.base_key)
+        self._plain_policy = plain_deterministic_policy(policy, self.base_key)
         self.state_key = state_key if flow.state_dim else None
         flow_key = (flow_key,) if isinstance(flow_key, str) else tuple(flow_key)
         self.flow_keys = {name: (*flow_key, name) for name in ("u0", "uK", "divergent")}
         extra = [self.state_key] if self.state_key is not None else []
-        self.in_keys = _unique([*policy.in_keys, *self._critic_state_keys, *extra])
+        self.in_keys = unique_keys([*policy.in_keys, *self._critic_state_keys, *extra])
         self.out_keys = [action_key, *self.flow_keys.values()]
 
     @staticmethod
@@ -436,9 +436,9 @@ class LangevinFlowActor(MCMCActorBase):
                 Losses pass detached parameters so that the policy term never reaches the critic.
         """
         plain, base_key = self._plain_policy, self.base_key
-        u0 = _deterministic_policy_output(self.policy, tensordict, base_key, plain)
+        u0 = deterministic_policy_output(self.policy, tensordict, base_key, plain)
         low, high = self.action_low.to(u0.dtype), self.action_high.to(u0.dtype)
-        prior_u = _deterministic_policy_output(self.prior, tensordict, base_key, plain)
+        prior_u = deterministic_policy_output(self.prior, tensordict, base_key, plain)
         prior_action = squash(prior_u, low, high)
         state = tensordict.get(self.state_key) if self.state_key is not None else None
         potential = self.potential_fn(tensordict, prior_action, critic_params)

@@ -20,7 +20,7 @@ from torchrl_mcmc.mcmc.gaussian import (
     standard_normal_log_prob,
 )
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
-from torchrl_mcmc.objectives._common import MCMCPolicyLoss, batch_mean
+from torchrl_mcmc.objectives.common import MCMCPolicyLoss, batch_mean
 
 __all__ = ["HMCLoss"]
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
 from torchrl_mcmc.modules.langevin_actor import LangevinFlowActor, LangevinSample, add_action_noise
-from torchrl_mcmc.objectives._common import MCMCPolicyLoss, batch_mean
+from torchrl_mcmc.objectives.common import MCMCPolicyLoss, batch_mean
 
 __all__ = ["LangevinFlowLoss"]
 

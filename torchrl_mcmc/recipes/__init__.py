@@ -3,8 +3,9 @@
 What a user who wants "HMC-SAC on my env, resumable" needs, importable: the factories
 (environments, networks, collector, replay buffer), the methods (:class:`SAC`,
 :class:`HMCSAC`, :class:`BestOfNSAC`, :class:`TD3`, :class:`LDTD3`), their Hydra
-configurations (``config/``, shipped with the package) and :func:`train`, the loop they share,
-with run directories, atomic checkpoints, resume and a clean stop on SIGTERM.
+configurations (``config/``, shipped with the package), :func:`train`, the loop they share, and
+:class:`Run`, the pieces that loop is written with: run directories, atomic checkpoints, resume
+and a clean stop on SIGTERM.
 
 From Python::
 
@@ -14,7 +15,8 @@ From Python::
     exit_code = train(cfg, HMCSAC)  # a run directory under runs/hmc_sac/Hopper-v4/
 
 From the command line, ``python -m torchrl_mcmc.recipes hmc_sac env=Hopper-v4 seed=1``, which
-is what ``examples/hmc_sac.py`` does in a clone.
+trains as ``examples/hmc_sac.py`` does in a clone (that script writes :func:`train`'s loop out
+with :class:`Run`).
 
 The library proper (:mod:`torchrl_mcmc.mcmc`, ``modules``, ``objectives``, ``control``) never
 imports this package; it depends on Hydra and OmegaConf, the library does not.
@@ -43,6 +45,7 @@ from torchrl_mcmc.recipes.methods import (
     LossMethod,
     Method,
 )
+from torchrl_mcmc.recipes.run import Run
 from torchrl_mcmc.recipes.trainer import train
 
 #: The folder of the recipes' Hydra configurations.
@@ -60,6 +63,7 @@ __all__ = [
     "ConfigError",
     "LossMethod",
     "Method",
+    "Run",
     "compose_config",
     "make_collector",
     "make_critic",

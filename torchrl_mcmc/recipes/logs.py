@@ -1,5 +1,5 @@
-"""A run's logs: ``train.log`` in its directory, console lines above the progress bar, and the
-CSV metric rows a resumed run writes again."""
+"""A run's logs: ``train.log`` in its directory, its metrics logger, console lines above the
+progress bar, and the CSV metric rows a resumed run writes again."""
 
 from __future__ import annotations
 
@@ -10,10 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from omegaconf import DictConfig
+from torchrl.record.loggers import Logger, get_logger
+from torchrl.record.loggers.csv import CSVLogger
+
 from torchrl_mcmc.recipes.checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from tqdm import tqdm
+
+    from torchrl_mcmc.recipes.run_dir import OpenRun
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +32,33 @@ def setup_file_logging(run_dir: Path) -> None:
     package_logger = logging.getLogger("torchrl_mcmc")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
+
+
+def make_metrics_logger(cfg: DictConfig, run: OpenRun, frames: int) -> Logger | None:
+    """The run's TorchRL logger (``cfg.logger``) under ``<run dir>/logs``.
+
+    A resume's goes on from its saved state, unless the resume changed the logger settings (a
+    new logger then), and a CSV logger's rows past ``frames``, the checkpoint the run resumes
+    from, are dropped (:func:`drop_logged_rows_after`).
+    """
+    logger_state = None
+    if run.resumed is not None and not any(k.startswith("logger.") for k in run.resumed.changed):
+        logger_state = run.state["logger"]
+    metrics_logger = get_logger(
+        cfg.logger.backend,
+        logger_name=str(run.path / "logs"),
+        experiment_name=cfg.logger.exp_name,
+        state_dict=logger_state,
+        **(
+            {"wandb_kwargs": {"project": cfg.logger.project}}
+            if cfg.logger.backend == "wandb"
+            else {}
+        ),
+    )
+    if run.state is not None and isinstance(metrics_logger, CSVLogger):
+        # The run logged past its checkpoint before it stopped; it logs those steps again now.
+        drop_logged_rows_after(Path(metrics_logger.experiment.log_dir) / "scalars", frames)
+    return metrics_logger
 
 
 def drop_logged_rows_after(scalars_dir: Path, step: int) -> None:

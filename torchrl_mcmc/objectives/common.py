@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
-from torchrl_mcmc.modules._common import MCMCActorBase
+from torchrl_mcmc.modules.common import MCMCActorBase
 
 __all__ = ["MCMCPolicyLoss"]
 

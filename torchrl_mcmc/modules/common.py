@@ -17,14 +17,14 @@ from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.data import Bounded, TensorSpec
 
-from torchrl_mcmc.modules._fast_paths import _PiecewiseLinearCritic, mean_minus_std
+from torchrl_mcmc.modules._fast_paths import PiecewiseLinearCritic, mean_minus_std
 
 __all__ = ["MCMCActorBase", "PotentialCritic"]
 
 PotentialCritic = Literal["min", "first", "mean_std"]
 
 
-def _unique(keys: Sequence[NestedKey]) -> list[NestedKey]:
+def unique_keys(keys: Sequence[NestedKey]) -> list[NestedKey]:
     """``keys`` without repeats, in their first order (an actor's ``in_keys``)."""
     out: list[NestedKey] = []
     for key in keys:
@@ -42,7 +42,7 @@ class MCMCActorBase(TensorDictModuleBase):
     :meth:`critic_values`, and its action-gradient, what a chain needs at every step, through
     :meth:`_critic_action_grad` (inside the potential's gradient,
     :meth:`_squashed_potential_grad`): both take the closed-form fast path of
-    :class:`~torchrl_mcmc.modules._fast_paths._PiecewiseLinearCritic` for the usual ReLU
+    :class:`~torchrl_mcmc.modules._fast_paths.PiecewiseLinearCritic` for the usual ReLU
     ``MLP`` critic and the critic's own TensorDict interface (with autograd) for any other.
     """
 
@@ -112,7 +112,7 @@ class MCMCActorBase(TensorDictModuleBase):
         self.value_key = critic.out_keys[0]
         self._critic_state_keys = [k for k in critic.in_keys if k != action_key]
         # None for critics the fast path does not cover: they take the generic TensorDict path.
-        self._fast_critic = _PiecewiseLinearCritic.from_critic(critic)
+        self._fast_critic = PiecewiseLinearCritic.from_critic(critic)
 
     def _set_potential_critic(self, potential_critic: PotentialCritic, pessimism: float) -> None:
         """Checks and sets which critics the potential reads, and how they are combined."""
@@ -325,7 +325,7 @@ class MCMCActorBase(TensorDictModuleBase):
         without it the critic's parameters are detached, as acting needs ``grad_a Q`` only.
 
         The usual critic, a ReLU ``MLP`` in a ``ValueOperator``/``TensorDictModule``, gets the
-        gradient in closed form (:class:`_PiecewiseLinearCritic`), and when its parameters need
+        gradient in closed form (:class:`PiecewiseLinearCritic`), and when its parameters need
         no gradient (acting, and the losses' detached critics) it records no graph even with
         ``create_graph=True``: ``Q`` is piecewise linear in the action, autograd itself
         differentiates ``grad_a Q`` w.r.t. the action to exact zeros (the backward of ReLU
