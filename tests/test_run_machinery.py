@@ -223,7 +223,9 @@ def test_a_policy_iteration_of_n_updates_refreshes_the_prior_and_steps_the_pid()
     steps on the mean distance of those n updates, and the prior becomes the current policy."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         overrides = ["preset=smoke", "env=Pendulum-v1", "td3.policy_delay=1"]
-        cfg = compose("ld_td3", overrides=[*overrides, "pid.iteration_updates=2"])
+        cfg = compose(
+            "ld_td3", overrides=[*overrides, "pid.enabled=true", "pid.iteration_updates=2"]
+        )
     env = make_env(cfg)
     set_seeds(0)
     method = LDTD3(cfg, env, torch.device("cpu"))
