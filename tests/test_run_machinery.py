@@ -154,6 +154,14 @@ CHECKPOINT_LAYOUTS = {
     "bon_sac": ("bon_sac", BestOfNSAC, ["loss", "optimizers"], ["actor", "critic", "alpha"], []),
     "td3": ("td3", TD3, ["loss", "optimizers", "steps"], ["actor", "critic"], []),
     "ld_td3": ("ld_td3", LDTD3, [*_PID_KEYS, "steps"], ["critic", "policy", "flow"], []),
+    # The paper's LD-TD3: the PID's memory in the checkpoint too (the default keeps beta fixed).
+    "ld_td3_pid": (
+        "ld_td3",
+        LDTD3,
+        [*_PID_KEYS, "steps"],
+        ["critic", "policy", "flow"],
+        ["pid.enabled=true"],
+    ),
 }
 
 
@@ -201,7 +209,7 @@ def test_method_checkpoint_keeps_its_layout_and_resumes_exactly(name: str, tmp_p
     assert list(state["optimizers"]) == optimizers
     if "steps" in keys:
         assert state["steps"] == 3
-    if overrides:  # 3 updates with policy iterations of 2: one PID step, one update after it
+    if "pid.iteration_updates=2" in overrides:  # one PID step after 2 updates, then one more
         assert state["policy_iteration"]["updates"] == 1
         assert len(state["policy_iteration"]["distances"]) == 1
 
