@@ -313,7 +313,7 @@ def test_resume_keeps_the_runs_config_and_applies_what_may_change() -> None:
     assert resumed.cfg.env.name == "Pendulum-v1"  # the run's, not the script's Hopper-v4
     assert list(resumed.cfg.network.hidden) == [128, 128]  # the preset's
     assert resumed.cfg.collector.total_frames == 30000 and resumed.cfg.threads == 4
-    assert resumed.changed == {"collector.total_frames": (15000, 30000), "threads": (2, 4)}
+    assert resumed.changed == {"collector.total_frames": (15000, 30000), "threads": (0, 4)}
     assert resumed.filled == {}
 
 
