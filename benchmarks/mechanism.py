@@ -13,7 +13,7 @@ RL noise removed: a contextual bandit with a *known* critic and no critic learni
 * Fixed prior and beta: the prior is the initial policy (``N(0, I)`` in ``u``, resp. ``a = 0``),
   never refreshed, so each objective has one known optimum:
 
-  - HMC, objective (17) through :meth:`HMCLoss.actor_loss` / :meth:`HMCLoss.hmc_loss`
+  - HMC, objective (17) through :meth:`HMCLoss.actor_loss` / :meth:`HMCLoss.flow_loss`
     (alternating, eq. 11). Its ELBO (eq. 15, in nats, ``Q / beta`` units) is bounded by
     ``log Z(s) = log E_{u ~ prior}[exp(Q(s, tanh u) / beta)]``, which factorises over
     dimensions here and is computed by 1-D quadrature: ``log Z - ELBO >= 0`` is the
@@ -256,7 +256,7 @@ def run_one(kind: str, num_steps: int, gated: bool | None, seed: int, args) -> d
     eval_states = states(args.eval_states, torch.Generator().manual_seed(10_000 + seed))
     if kind == "hmc":
         actor, loss = make_hmc(num_steps, bool(gated), args.beta_hmc)
-        chain_params, chain_loss = loss.hmc_parameters, loss.hmc_loss
+        chain_params, chain_loss = loss.flow_parameters, loss.flow_loss
     else:
         actor, loss = make_langevin(num_steps, args.beta_ld)
         chain_params, chain_loss = loss.flow_parameters, loss.flow_loss

@@ -186,10 +186,10 @@ class _SequentialHMCSAC(HMCSAC):
         self._step(loss_qvalue, "critic")
         loss_actor, metadata = self.loss.actor_loss(batch)
         self._step(loss_actor, "policy")
-        loss_hmc, _ = self.loss.hmc_loss(batch)
-        self._step(loss_hmc, "hmc")
+        loss_flow, _ = self.loss.flow_loss(batch)
+        self._step(loss_flow, "flow")
         self.target_updater.step()
-        metrics = {"loss_qvalue": loss_qvalue, "loss_actor": loss_actor, "loss_hmc": loss_hmc}
+        metrics = {"loss_qvalue": loss_qvalue, "loss_actor": loss_actor, "loss_flow": loss_flow}
         return {k: v.item() for k, v in {**metrics, **metadata}.items()}
 
 
@@ -479,7 +479,7 @@ def profile_update(
     method = variant.method
     loss = method.loss
     phases: dict[str, float] = {}
-    loss_phases = ("qvalue_loss", "qvalue_v2_loss", "value_loss", "actor_loss", "hmc_loss")
+    loss_phases = ("qvalue_loss", "qvalue_v2_loss", "value_loss", "actor_loss", "flow_loss")
     with contextlib.ExitStack() as stack:
         stack.enter_context(_timed_calls(loss, loss_phases, phases))
         stack.enter_context(_timed_calls(method, ("_step",), phases))
@@ -501,7 +501,7 @@ def profile_update(
             + phases.get("qvalue_v2_loss", 0.0)
             + phases.get("value_loss", 0.0),
             "actor_loss (chain and objective)": phases.get("actor_loss", 0.0),
-            "h_loss (alternating)": phases.get("hmc_loss", 0.0),
+            "h_loss (alternating)": phases.get("flow_loss", 0.0),
             "backward (and zero_grad)": phases.get("_step", 0.0) - optimiser_s,
             "optimiser_steps": optimiser_s,
             "target_update": phases.get("step", 0.0),

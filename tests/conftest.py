@@ -90,20 +90,16 @@ def make_transitions(obs_dim: int, action_dim: int, batch: int = 32) -> TensorDi
 
 
 # ---------------------------------------------------------------------------- gradient isolation
-def loss_term_cases(chain: str) -> list[tuple[str, str, set[str]]]:
-    """``(update_mode, loss term, parameter groups it must reach)`` for an MCMC loss.
-
-    ``chain`` names the chain's own parameter group (``"hmc"``, ``"flow"``): in alternating
-    mode it has a loss term of its own, ``"loss_<chain>"``; in joint mode the actor loss trains
-    it together with the policy.
-    """
-    return [
-        ("alternating", "loss_actor", {"policy"}),
-        ("alternating", f"loss_{chain}", {chain}),
-        ("alternating", "loss_qvalue", {"critic"}),
-        ("joint", "loss_actor", {"policy", chain}),
-        ("joint", "loss_qvalue", {"critic"}),
-    ]
+#: ``(update_mode, loss term, parameter groups it must reach)`` for an MCMC loss. The chain's
+#: parameters (group ``"flow"``) have a loss term of their own in alternating mode,
+#: ``"loss_flow"``; in joint mode the actor loss trains them together with the policy.
+LOSS_TERM_CASES: list[tuple[str, str, set[str]]] = [
+    ("alternating", "loss_actor", {"policy"}),
+    ("alternating", "loss_flow", {"flow"}),
+    ("alternating", "loss_qvalue", {"critic"}),
+    ("joint", "loss_actor", {"policy", "flow"}),
+    ("joint", "loss_qvalue", {"critic"}),
+]
 
 
 def mcmc_parameter_groups(loss: LossModule, **own: Iterable[torch.Tensor]) -> dict[str, list]:

@@ -483,7 +483,7 @@ def test_entropy_prior_and_cheap_options_train_and_log_alpha(tmp_path: Path) -> 
     assert alphas and alphas[0] != alphas[-1]  # the temperature is trained, not fixed
     assert all(torch.isfinite(torch.tensor(v)) for _, v in _scalar_log(run_dir, "train/entropy"))
     checkpoint = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
-    assert set(checkpoint["method"]["optimizers"]) == {"policy", "hmc", "critic", "alpha"}
+    assert set(checkpoint["method"]["optimizers"]) == {"policy", "flow", "critic", "alpha"}
     assert checkpoint["method"]["pid"] is None
 
 

@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 from conftest import (
+    LOSS_TERM_CASES,
     assert_term_reaches_exactly,
-    loss_term_cases,
     losses_and_grads,
     make_critic,
     make_policy,
@@ -40,20 +40,20 @@ def _batch(batch: int = 32) -> TensorDict:
     return make_transitions(OBS, ACT, batch)
 
 
-@pytest.mark.parametrize(("mode", "key", "reached"), loss_term_cases("hmc"))
+@pytest.mark.parametrize(("mode", "key", "reached"), LOSS_TERM_CASES)
 def test_each_loss_reaches_exactly_its_parameters(mode: str, key: str, reached: set) -> None:
     loss = _loss(update_mode=mode)
     groups = mcmc_parameter_groups(
         loss,
-        hmc=loss.hmc_parameters(),
+        flow=loss.flow_parameters(),
         target=loss.target_qvalue_network_params.values(True, True),
     )
     assert_term_reaches_exactly(loss, _batch(), key, reached, groups)
 
 
-def test_joint_mode_has_no_separate_hmc_loss() -> None:
+def test_joint_mode_has_no_separate_flow_loss() -> None:
     out = _loss(update_mode="joint")(_batch())
-    assert "loss_hmc" not in out
+    assert "loss_flow" not in out
     assert {"beta", "policy_distance", "elbo_gap", "num_divergent"} <= set(out.keys())
 
 
@@ -173,7 +173,7 @@ def test_set_keys_renames_work_end_to_end() -> None:
         batch_size=[8],
     )
     out = loss(batch)
-    assert all(out[k].isfinite() for k in ("loss_actor", "loss_hmc", "loss_qvalue"))
+    assert all(out[k].isfinite() for k in ("loss_actor", "loss_flow", "loss_qvalue"))
     assert ("next", "agent", "rew") in loss.in_keys
     with pytest.raises(ValueError, match="rewrd"):
         loss.set_keys(rewrd="r")
@@ -230,10 +230,10 @@ def test_plain_loop_on_pendulum_with_pid() -> None:
         batch_distances = []
         for _ in range(16):
             out = loss(buffer.sample())
-            for key in ("loss_actor", "loss_hmc", "loss_qvalue"):
+            for key in ("loss_actor", "loss_flow", "loss_qvalue"):
                 assert out[key].isfinite(), (key, out)
             optim.zero_grad()
-            (out["loss_actor"] + out["loss_hmc"] + out["loss_qvalue"]).backward()
+            (out["loss_actor"] + out["loss_flow"] + out["loss_qvalue"]).backward()
             optim.step()
             updater.step()
             batch_distances.append(out["policy_distance"].item())
@@ -352,9 +352,9 @@ def test_a_finite_blow_up_is_flagged_divergent_and_the_losses_stay_finite(case: 
     assert out["num_divergent"] > 0
     # Kept chains lost at most the threshold's nats of ELBO; fallbacks lost none.
     assert out["elbo_gap"] >= -DIVERGENCE_THRESHOLD
-    for key in ("loss_actor", "loss_hmc"):
+    for key in ("loss_actor", "loss_flow"):
         assert out[key].abs() < 1e3, (key, out[key])
-    (out["loss_actor"] + out["loss_hmc"] + out["loss_qvalue"]).backward()
+    (out["loss_actor"] + out["loss_flow"] + out["loss_qvalue"]).backward()
     assert all(p.grad.isfinite().all() for p in loss.parameters() if p.grad is not None)
     # Acting uses the same guard: divergent chains act with their start u0.
     td = loss.actor(batch.select("observation"))
@@ -387,7 +387,7 @@ def test_an_all_divergent_batch_gives_zero_losses_and_the_count_never_nan(update
         out = loss(batch)
     _assert_all_finite(out)
     assert out["num_divergent"].item() == 16
-    terms = ["loss_actor"] + (["loss_hmc"] if update_mode == "alternating" else [])
+    terms = ["loss_actor"] + (["loss_flow"] if update_mode == "alternating" else [])
     for key in terms:
         assert out[key].item() == 0.0 and out[key].requires_grad
     # The diagnostics describe the fallbacks, i.e. the start of every chain.
@@ -395,10 +395,10 @@ def test_an_all_divergent_batch_gives_zero_losses_and_the_count_never_nan(update
     # Zero gradients, not None, not NaN, on what each term would have reached.
     reached = {
         "loss_actor": list(loss.policy_parameters()),
-        "loss_hmc": list(loss.hmc_parameters()),
+        "loss_flow": list(loss.flow_parameters()),
     }
     if update_mode == "joint":
-        reached["loss_actor"] += reached.pop("loss_hmc")
+        reached["loss_actor"] += reached.pop("loss_flow")
     for key in terms:
         loss.zero_grad(set_to_none=True)
         out[key].backward(retain_graph=True)

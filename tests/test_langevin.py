@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    LOSS_TERM_CASES,
     assert_term_reaches_exactly,
-    loss_term_cases,
     losses_and_grads,
     make_critic,
     make_policy,
@@ -187,7 +187,7 @@ def test_every_action_dim_moves_and_stays_in_bounds(action_dim: int) -> None:
 
 
 # ---------------------------------------------------------------------------- must-show 3
-@pytest.mark.parametrize(("mode", "key", "reached"), loss_term_cases("flow"))
+@pytest.mark.parametrize(("mode", "key", "reached"), LOSS_TERM_CASES)
 def test_each_loss_reaches_exactly_its_parameters(mode: str, key: str, reached: set) -> None:
     loss = _loss(update_mode=mode)
     # Right after a refresh a0 == pi_t(s) exactly, where the plain norm has no gradient: the

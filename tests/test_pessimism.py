@@ -96,7 +96,7 @@ def test_unit_pessimism_with_twins_is_the_minimum() -> None:
         loss.make_value_estimator(gamma=0.99)
         torch.manual_seed(1)
         results.append(loss(make_transitions(OBS, ACT, 32)))
-    for key in ("loss_actor", "loss_hmc", "loss_qvalue", "critic_gain", "elbo_gap"):
+    for key in ("loss_actor", "loss_flow", "loss_qvalue", "critic_gain", "elbo_gap"):
         torch.testing.assert_close(results[0][key], results[1][key])
 
 

@@ -47,7 +47,7 @@ def test_the_smoke_preset_trains_and_resumes_from_python(tmp_path: Path) -> None
     assert "resumed at 400 frames" in log
     assert "resume: collector.total_frames 400 -> 600" in log
     final = torch.load(run_dir / "checkpoints" / "frames_000000000600.pt", weights_only=True)
-    assert list(final["method"]["optimizers"]) == ["policy", "hmc", "critic", "alpha"]
+    assert list(final["method"]["optimizers"]) == ["policy", "flow", "critic", "alpha"]
 
 
 def test_python_m_trains_a_recipe_from_its_shipped_configuration(tmp_path: Path) -> None:

@@ -141,13 +141,13 @@ _PID_KEYS = ["loss", "optimizers", "pid", "policy_iteration"]
 #: Case: (recipe, method, checkpoint keys, optimisers, overrides).
 CHECKPOINT_LAYOUTS = {
     # The default (entropy prior): alpha is trained, the PID entry is None.
-    "hmc_sac": ("hmc_sac", HMCSAC, _PID_KEYS, ["policy", "hmc", "critic", "alpha"], []),
+    "hmc_sac": ("hmc_sac", HMCSAC, _PID_KEYS, ["policy", "flow", "critic", "alpha"], []),
     # The paper's, with a policy iteration of 2 updates: saved half-way through the second.
     "hmc_sac_paper_every_2": (
         "hmc_sac",
         HMCSAC,
         _PID_KEYS,
-        ["policy", "hmc", "critic"],
+        ["policy", "flow", "critic"],
         ["variant=paper", "pid.iteration_updates=2"],
     ),
     "sac": ("sac", SAC, ["loss", "optimizers"], ["actor", "critic", "alpha"], []),

@@ -94,7 +94,7 @@ def test_the_freeze_fix_row_runs_the_chain_as_before_the_fix() -> None:
             return guarded(tensordict, critic)
 
         loss._guarded_sample = spy
-        loss.hmc_loss(_batches(1)[0])  # the h pass: theta frozen
+        loss.flow_loss(_batches(1)[0])  # the h pass: theta frozen
         return seen
 
     assert frozen_leaves_requiring_grad("exact_alternating_before_freeze_fix")

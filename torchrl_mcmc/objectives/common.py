@@ -43,9 +43,10 @@ class MCMCPolicyLoss(LossModule):
     A subclass calls ``super().__init__(actor, ...)`` (which checks and stores the shared
     arguments), then ``convert_to_functional`` for ``"actor_network"`` (the base policy) and
     :meth:`_convert_critics` (the critics, bound to ``self.actor``). It defines
-    ``actor_loss``, ``qvalue_loss`` and :meth:`_h_loss` (each returning ``(loss, metadata)``),
-    ``_H_LOSS_KEY`` (the key of :meth:`_h_loss` in :meth:`forward`'s output) and
-    ``_DIAGNOSTICS`` (the detached diagnostics it writes).
+    ``actor_loss``, ``qvalue_loss`` and :meth:`flow_loss` (each returning ``(loss, metadata)``)
+    and ``_DIAGNOSTICS`` (the detached diagnostics it writes). Both chains, HMC and Langevin,
+    are an actor's ``flow``; their parameters ``h`` are :meth:`flow_parameters` and their own
+    loss is ``loss_flow``.
 
     Args:
         actor: the actor to train (type-checked by the subclass).
@@ -63,8 +64,6 @@ class MCMCPolicyLoss(LossModule):
     qvalue_network_params: TensorDictParams
     target_qvalue_network_params: TensorDictParams
 
-    #: ``forward``'s key for the loss of ``h`` alone (``"alternating"`` mode only).
-    _H_LOSS_KEY: str
     #: ``forward``'s detached diagnostics, after the losses.
     _DIAGNOSTICS: tuple[str, ...]
 
@@ -91,7 +90,7 @@ class MCMCPolicyLoss(LossModule):
         self.actor = actor
         #: ``"alternating"`` mode: whether :meth:`forward` computes the loss of ``h`` (a loop
         #: that updates ``h`` every n-th step only switches it off in between).
-        self.compute_h_loss = True
+        self.compute_flow_loss = True
         self.num_qvalue_nets = num_qvalue_nets
         self.loss_function = loss_function
         self.update_mode = update_mode
@@ -183,15 +182,15 @@ class MCMCPolicyLoss(LossModule):
         """The critics' TD loss, with ``td_error`` per state."""
         raise NotImplementedError
 
-    def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss of ``h`` alone (the subclass's public ``hmc_loss``/``flow_loss``)."""
+    def flow_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``-J`` for ``h`` alone (``theta`` frozen): the ``"alternating"`` mode's second loss."""
         raise NotImplementedError
 
     @property
     def out_keys(self) -> list[str]:
         keys = ["loss_actor", "loss_qvalue"]
         if self.update_mode == "alternating":
-            keys.insert(1, self._H_LOSS_KEY)
+            keys.insert(1, "loss_flow")
         return [*keys, *self._DIAGNOSTICS]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -199,8 +198,8 @@ class MCMCPolicyLoss(LossModule):
         loss_qvalue, q_meta = self.qvalue_loss(tensordict)
         loss_actor, metadata = self.actor_loss(tensordict)
         out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
-        if self.update_mode == "alternating" and self.compute_h_loss:
-            out[self._H_LOSS_KEY], _ = self._h_loss(tensordict)
+        if self.update_mode == "alternating" and self.compute_flow_loss:
+            out["loss_flow"], _ = self.flow_loss(tensordict)
         out.update(metadata)
         out["td_error"] = q_meta["td_error"].mean()
         out["beta"] = self.beta.detach().clone()
@@ -227,6 +226,10 @@ class MCMCPolicyLoss(LossModule):
     def policy_parameters(self) -> Iterator[nn.Parameter]:
         """``theta``: the base policy's parameters (not its buffers)."""
         return parameters_of(self.actor_network_params)
+
+    def flow_parameters(self) -> Iterator[nn.Parameter]:
+        """``h``: the chain's step sizes and its gate (HMC) or coupling (Langevin) networks."""
+        return self.actor.flow.parameters()
 
     def critic_parameters(self) -> Iterator[nn.Parameter]:
         """The trained critics (not their targets)."""

@@ -54,7 +54,7 @@ class HMCLoss(MCMCPolicyLoss):
 
     * ``loss_actor``: ``-J`` for ``theta``. In ``"alternating"`` mode (eq. 11) it reaches
       ``theta`` only; in ``"joint"`` mode it reaches ``theta`` and ``h``.
-    * ``loss_hmc``: ``-J`` for ``h`` only (``"alternating"`` mode; absent in ``"joint"``).
+    * ``loss_flow``: ``-J`` for ``h`` only (``"alternating"`` mode; absent in ``"joint"``).
     * ``loss_qvalue``: twin-critic TD loss; the next action comes from the chain on ``s'``.
     * detached diagnostics: ``beta``, ``policy_distance`` (``D_HMC`` of §4.1, what the PID
       controller reads), ``elbo_gap`` (ELBO at the chain's end minus at its start, in units of
@@ -68,11 +68,11 @@ class HMCLoss(MCMCPolicyLoss):
     gradient passes through a diverged chain. The diagnostics describe every state, a divergent
     chain at its fallback ``(u0, rho0)`` (what the actor acts with; its ``elbo_gap`` and
     ``critic_gain`` are 0). When every chain of the batch diverges, ``loss_actor`` and
-    ``loss_hmc`` are zeros that backpropagate zero gradients, never NaN.
+    ``loss_flow`` are zeros that backpropagate zero gradients, never NaN.
 
     Alternating updates: ``forward`` gives isolated gradients evaluated at the current
     ``(theta, h)``; for the strictly sequential scheme of eq. 11 call :meth:`actor_loss`, step
-    the policy optimiser, then :meth:`hmc_loss` and step the HMC optimiser.
+    the policy optimiser, then :meth:`flow_loss` and step the chain's optimiser.
 
     ``beta`` is the actor's buffer, exposed here: ``loss.beta = 0.5`` (or a PID controller)
     writes it in place, so the next action the actor takes and the next loss both use it, and
@@ -141,8 +141,8 @@ class HMCLoss(MCMCPolicyLoss):
         ...              "terminated": torch.zeros(16, 1, dtype=torch.bool)}}, batch_size=[16])
         >>> out = loss(batch)
         >>> sorted(k for k in out.keys() if k.startswith("loss_"))
-        ['loss_actor', 'loss_hmc', 'loss_qvalue']
-        >>> (out["loss_actor"] + out["loss_hmc"] + out["loss_qvalue"]).backward()
+        ['loss_actor', 'loss_flow', 'loss_qvalue']
+        >>> (out["loss_actor"] + out["loss_flow"] + out["loss_qvalue"]).backward()
         >>> updater.step()
         >>> loss.beta = 0.5  # what a PID controller does, in place
         >>> float(actor.beta)
@@ -202,10 +202,6 @@ class HMCLoss(MCMCPolicyLoss):
         self._convert_critics(num_qvalue_nets, create_target_params=True)
 
     # ------------------------------------------------------------------ parameter groups
-    def hmc_parameters(self) -> Iterator[nn.Parameter]:
-        """``h``: the chain's step sizes and gate nets."""
-        return self.actor.flow.parameters()
-
     def alpha_parameters(self) -> Iterator[nn.Parameter]:
         """``log alpha`` (uniform prior; empty otherwise)."""
         return iter([] if self.log_alpha is None else [self.log_alpha])
@@ -225,7 +221,6 @@ class HMCLoss(MCMCPolicyLoss):
             if not torch.equal(alpha, self.actor.beta):
                 self.actor.beta.copy_(alpha)
 
-    _H_LOSS_KEY = "loss_hmc"
     _DIAGNOSTICS = (
         "beta",
         "policy_distance",
@@ -348,14 +343,11 @@ class HMCLoss(MCMCPolicyLoss):
         metadata["num_divergent"] = num_divergent.to(metadata["elbo_gap"].dtype)
         return batch_mean(-self._objective(states, out, q_end)), metadata
 
-    def hmc_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+    def flow_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and gate nets."""
         self._sync_alpha()
         out, states, _, _ = self._chain(tensordict, "theta")
         return batch_mean(-self._objective(states, out)), {}
-
-    def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.hmc_loss(tensordict)
 
     @torch.no_grad()
     def _diagnostics(

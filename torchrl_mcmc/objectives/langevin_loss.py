@@ -6,12 +6,11 @@ Paper eqs. 10–11 and §4.1; docs/method.md §1.2, §1.3.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from tensordict import TensorDictBase, TensorDictParams
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
@@ -184,12 +183,6 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         self.convert_to_functional(actor.flow, "flow_network", create_target_params=delay_actor)
         self._convert_critics(num_qvalue_nets, create_target_params=delay_qvalue)
 
-    # ------------------------------------------------------------------ parameter groups
-    def flow_parameters(self) -> Iterator[nn.Parameter]:
-        """``h``: the flow's step sizes and coupling networks."""
-        return self.actor.flow.parameters()
-
-    _H_LOSS_KEY = "loss_flow"
     _DIAGNOSTICS = (
         "beta",
         "policy_distance",
@@ -268,9 +261,6 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         """``-J`` for ``h`` only: the step sizes and coupling networks."""
         out, states, _, _ = self._flow(tensordict, "policy")
         return batch_mean(-self._objective(states, out)[0]), {}
-
-    def _h_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.flow_loss(tensordict)
 
     @torch.no_grad()
     def _diagnostics(

@@ -51,7 +51,7 @@ class HMCSAC(LossMethod):
         ).to(device)
         optimizers = {
             "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),
-            "hmc": torch.optim.Adam(loss.hmc_parameters(), lr=cfg.hmc.lr),
+            "flow": torch.optim.Adam(loss.flow_parameters(), lr=cfg.hmc.lr),
             "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
         }
         if loss.tunes_alpha:
@@ -64,11 +64,11 @@ class HMCSAC(LossMethod):
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         # Alternating mode with h_update_interval = n: the h chain runs every n-th update only.
-        self.loss.compute_h_loss = self.updates % self.h_update_interval == 0
+        self.loss.compute_flow_loss = self.updates % self.h_update_interval == 0
         self.updates += 1
         out = self.loss(batch)
         total = out["loss_actor"] + out["loss_qvalue"]
-        for extra in ("loss_hmc", "loss_alpha"):
+        for extra in ("loss_flow", "loss_alpha"):
             if extra in out:
                 total = total + out[extra]
         self._step(total)
