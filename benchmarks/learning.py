@@ -48,6 +48,9 @@ class Tier:
     eval_interval: int
     #: Hydra overrides every run of the tier shares (same for method and baseline).
     overrides: tuple[str, ...] = ()
+    #: ``(tier, method)``: another tier's finished runs of the same protocol, aggregated here
+    #: as ``"<method> (<tier>)"`` over this tier's first ``frames`` only (none are run).
+    compare_with: tuple[tuple[str, str], ...] = ()
 
 
 #: Variants: a method name that is an example script run with extra Hydra overrides. The
@@ -88,6 +91,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ld_td3_pid": ("ld_td3", ("pid.enabled=true",)),
     "ld_td3_k0": ("ld_td3", ("flow.num_layers=0", "pid.enabled=true")),
     "ld_td3_fixedbeta": ("ld_td3", ("pid.enabled=false",)),
+    # SAC's schedule check (tier MB): updates every 50 frames instead of every 1,000, closer to
+    # the per-step updates of the published baselines; same updates per frame.
+    "sac_fpb50": ("sac", ("collector.frames_per_batch=50",)),
     # The entropy prior at the cheapest: joint updates, SAC's next action, one critic in U.
     "hmc_sac_ent_fast": (
         "hmc_sac",
@@ -163,6 +169,17 @@ TIERS = {
         seeds=(0, 1, 2),
         methods=("sac", "hmc_sac", "bon_sac"),
         eval_interval=10_000,
+    ),
+    # Tier M's baseline check: does SAC's schedule (1,000 frames collected, then 1,000 updates)
+    # hold it below the published SAC? The first 50k frames of tier M's protocol with updates
+    # every 50 frames, to compare evaluation by evaluation with tier M's `sac` runs.
+    "MB": Tier(
+        envs=("HalfCheetah-v4", "Hopper-v4"),
+        frames=50_000,
+        seeds=(0, 1, 2),
+        methods=("sac_fpb50",),
+        eval_interval=10_000,
+        compare_with=(("M", "sac"),),
     ),
     "L": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4", "Ant-v4"),
@@ -354,9 +371,28 @@ def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
         if path.exists():
             summary = json.loads(path.read_text())
             results.setdefault((summary["env"], method), []).append(summary)
+    frames = TIERS[tier_name].frames
+    for other, method in TIERS[tier_name].compare_with:
+        for (env, name), runs in load_results(other).items():
+            if name == method and env in TIERS[tier_name].envs:
+                results[(env, f"{method} ({other})")] = [_truncated(r, frames) for r in runs]
     for runs in results.values():
         runs.sort(key=lambda s: s["seed"])
     return results
+
+
+def _truncated(summary: dict, frames: int) -> dict:
+    """A run's summary as if it had stopped at ``frames``: its evaluations up to there, and the
+    final score recomputed from them (the mean of the last 3, as every run's)."""
+    history = [h for h in summary["eval_history"] if h["frames"] <= frames]
+    return {
+        **summary,
+        "eval_history": history,
+        "final_return": float(np.mean([h["eval_return"] for h in history[-3:]])),
+        "frames": history[-1]["frames"],
+        "wall_time_s": None,  # not measured at the cut
+        "diagnostics": {},  # the run's diagnostics cover all of it
+    }
 
 
 def iqm_with_ci(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:

@@ -124,6 +124,35 @@ def test_tiers_keep_their_runs_and_variants_name_their_results(sandbox) -> None:
     assert learning.load_results("QA").keys() == {("Pendulum-v1", "hmc_sac_k0")}
 
 
+def test_a_comparison_tier_reads_the_other_tiers_runs_up_to_its_own_frames(sandbox) -> None:
+    # Tier MB (50k frames) compares its runs with tier M's SAC (100k) at the same evaluations.
+    evals = [-100.0, 200.0, 900.0, 2000.0, 3000.0, 3500.0, 4000.0, 4400.0, 4600.0, 4800.0]
+    summary = {
+        "method": "sac",
+        "env": "HalfCheetah-v4",
+        "seed": 0,
+        "final_return": float(np.mean(evals[-3:])),
+        "eval_history": [
+            {"frames": 10_000 * (i + 1), "eval_return": r} for i, r in enumerate(evals)
+        ],
+        "frames": 100_000,
+        "wall_time_s": 4000.0,
+    }
+    path = learning.result_path("M", "sac", "HalfCheetah-v4", 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary))
+    runs = learning.load_results("MB")[("HalfCheetah-v4", "sac (M)")]
+    assert [h["frames"] for h in runs[0]["eval_history"]] == [10_000 * i for i in range(1, 6)]
+    out = learning.aggregate("MB")["results"]["HalfCheetah-v4"]["sac (M)"]
+    assert out["final_scores"] == pytest.approx([(900.0 + 2000.0 + 3000.0) / 3])
+    assert out["auc_scores"] == pytest.approx([np.mean(evals[:5])])
+    assert out["frames"] == [50_000]
+    # The comparison is read, never run: MB's grid holds its own method only.
+    assert {m for m, _, _ in learning._grid("MB", None, None, None)} == {"sac_fpb50"}
+    # Tier M's own aggregate is untouched by the cut.
+    assert learning.load_results("M")[("HalfCheetah-v4", "sac")][0]["frames"] == 100_000
+
+
 # ------------------------------------------------------------------ mechanism benchmark
 def test_mechanism_log_partition_and_posterior_regret_match_monte_carlo() -> None:
     import torch
