@@ -115,7 +115,8 @@ class LossMethod:
             return {}
         if self.iteration_updates is None:
             # Without a controller, or without an actor update this batch, beta is unchanged.
-            return self._update_beta(metrics) or {"beta": self.loss.beta.item()}
+            distances = [m["policy_distance"] for m in metrics if "policy_distance" in m]
+            return self._update_beta(distances) or {"beta": self.loss.beta.item()}
         return {"beta": self.loss.beta.item()}
 
     def _count_update(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -129,8 +130,7 @@ class LossMethod:
         if "policy_distance" in metrics:
             iteration["distances"].append(metrics["policy_distance"])
         if iteration["updates"] == self.iteration_updates:
-            distances = [{"policy_distance": d} for d in iteration["distances"]]
-            metrics.update(self._update_beta(distances) or {})
+            metrics.update(self._update_beta(iteration["distances"]) or {})
             self.loss.refresh_prior()
             self._iteration = {"updates": 0, "distances": []}
         return metrics
@@ -149,13 +149,13 @@ class LossMethod:
         self.steps += 1
         return self.steps % self.policy_delay == 0
 
-    def _update_beta(self, metrics: list[dict[str, float]]) -> dict[str, float] | None:
-        """One PID step on the iteration's mean policy distance, and ``beta`` set from it.
+    def _update_beta(self, distances: list[float]) -> dict[str, float] | None:
+        """One PID step on the mean of the iteration's policy ``distances``, and ``beta`` set
+        from it.
 
         ``None`` when there is no controller, or no update measured a distance (with delayed
         updates an iteration may have no actor update).
         """
-        distances = [m["policy_distance"] for m in metrics if "policy_distance" in m]
         if self.pid is None or not distances:
             return None
         distance = sum(distances) / len(distances)
