@@ -437,6 +437,7 @@ def aggregate(tier_name: str) -> dict:
             "frames": [r["frames"] for r in runs],
             "wall_time_s": [r["wall_time_s"] for r in runs],
             "diagnostics_last_quarter_mean": _mean_diagnostics(runs),
+            "diagnostics_last_quarter_per_seed": _diagnostics_per_seed(runs),
             # Runs before the scripts recorded their commit say so.
             "git_commits": sorted({r.get("git_commit", "not recorded") for r in runs}),
             "versions": runs[0].get("versions"),
@@ -493,6 +494,19 @@ def _mean_diagnostics(runs: list[dict]) -> dict[str, float]:
                 ]
             )
         )
+        for k in keys
+    }
+
+
+def _diagnostics_per_seed(runs: list[dict]) -> dict[str, list[float | None]]:
+    """Each diagnostic's last-quarter mean per run, in seed order (``None`` where a run did
+    not record it)."""
+    keys = sorted({k for r in runs for k in r.get("diagnostics", {})})
+    return {
+        k: [
+            r["diagnostics"][k]["last_quarter_mean"] if k in r.get("diagnostics", {}) else None
+            for r in runs
+        ]
         for k in keys
     }
 

@@ -68,7 +68,10 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
         for seed, score in enumerate(scores):
             path = learning.result_path("Q", method, "Pendulum-v1", seed)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_fake_summary(method, "Pendulum-v1", seed, score)))
+            summary = _fake_summary(method, "Pendulum-v1", seed, score)
+            if method == "sac" and seed == 1:
+                summary["diagnostics"] = {"beta": {"last_quarter_mean": 0.5}}
+            path.write_text(json.dumps(summary))
     out = learning.aggregate("Q")
     sac = out["results"]["Pendulum-v1"]["sac"]
     assert sac["mean"] == pytest.approx(np.mean(finals["sac"]))
@@ -80,6 +83,8 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     # Area under the curve: the mean of the evaluations (final * (1/3, 2/3, 1) here).
     assert sac["auc_scores"] == pytest.approx([f * 2 / 3 for f in finals["sac"]])
     assert sac["auc_iqm"] == pytest.approx(-120.0, abs=1e-6)
+    assert sac["diagnostics_last_quarter_per_seed"] == {"beta": [None, 0.5, None, None, None]}
+    assert sac["diagnostics_last_quarter_mean"] == {"beta": 0.5}  # over the runs that have it
     hmc = out["results"]["Pendulum-v1"]["hmc_sac_ent"]
     assert hmc["iqm"] == pytest.approx(-150.0) and hmc["iqm_ci95"] == pytest.approx([-150, -150])
     assert len(out["pending"]) == 6 * 5  # the other six methods never ran
