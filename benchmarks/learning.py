@@ -190,6 +190,8 @@ TIERS = {
     ),
 }
 BASELINE = {"hmc_sac": "sac", "ld_td3": "td3"}
+#: The baseline each script is compared with (its variants inherit it): the IQM ratio.
+RATIO_BASELINE = {"hmc_sac": "sac", "bon_sac": "sac", "ld_td3": "td3"}
 
 
 def run_dir(tier: str, method: str, env: str, seed: int) -> Path:
@@ -409,6 +411,49 @@ def iqm_with_ci(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[fl
     return float(point["m"][0]), float(interval["m"][0, 0]), float(interval["m"][1, 0])
 
 
+def iqm_ratio_with_ci(
+    scores: np.ndarray, baseline: np.ndarray, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """IQM(scores) / IQM(baseline) and its 95% percentile-bootstrap CI, the runs of each
+    resampled on their own (independent seeds). ``None`` unless the baseline's IQM and every
+    resampled one are positive: a ratio of returns that can be negative reads nothing."""
+    from scipy.stats import trim_mean
+
+    point_base = trim_mean(baseline, 0.25)
+    if point_base <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    num, den = (
+        trim_mean(rng.choice(x, size=(reps, len(x)), replace=True), 0.25, axis=1)
+        for x in (scores, baseline)
+    )
+    if (den <= 0).any():
+        return None
+    low, high = np.percentile(num / den, [2.5, 97.5])
+    return float(trim_mean(scores, 0.25) / point_base), float(low), float(high)
+
+
+def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """Per env, each method's IQM ratio to its script's baseline (``RATIO_BASELINE``)."""
+    out: dict[str, dict[str, dict]] = {}
+    for env, methods in table.items():
+        for method, row in methods.items():
+            script = VARIANTS.get(method, (method, ()))[0]
+            base = RATIO_BASELINE.get(script)
+            if base not in methods:
+                continue
+            ratio = iqm_ratio_with_ci(
+                np.array(row["final_scores"]), np.array(methods[base]["final_scores"])
+            )
+            if ratio is not None:
+                out.setdefault(env, {})[f"{method} / {base}"] = {
+                    "iqm_ratio": ratio[0],
+                    "ci95": [ratio[1], ratio[2]],
+                    "seeds": [len(row["final_scores"]), len(methods[base]["final_scores"])],
+                }
+    return out
+
+
 def aggregate(tier_name: str) -> dict:
     """Per env and method: final score mean ± std, IQM [95% CI], and the learning curves."""
     tier = TIERS[tier_name]
@@ -471,6 +516,8 @@ def aggregate(tier_name: str) -> dict:
             "overrides": tier.overrides,
         },
         "results": table,
+        # Percentile bootstrap over each method's and its baseline's runs, 2000 resamples.
+        "iqm_ratios": _ratios(table),
         "pending": pending,
         "continue_with": f"python benchmarks/learning.py run --tier {tier_name}",
     }

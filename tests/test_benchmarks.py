@@ -87,6 +87,7 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     assert sac["diagnostics_last_quarter_mean"] == {"beta": 0.5}  # over the runs that have it
     hmc = out["results"]["Pendulum-v1"]["hmc_sac_ent"]
     assert hmc["iqm"] == pytest.approx(-150.0) and hmc["iqm_ci95"] == pytest.approx([-150, -150])
+    assert out["iqm_ratios"] == {}  # negative returns: no ratio is read
     assert len(out["pending"]) == 6 * 5  # the other six methods never ran
     # A run counts under the variant its place names, whatever ``method`` it recorded (LD-TD3's
     # PID runs made while the PID was the script's default).
@@ -127,6 +128,19 @@ def test_tiers_keep_their_runs_and_variants_name_their_results(sandbox) -> None:
         path.write_text(json.dumps(_fake_summary(method, "Pendulum-v1", 0, final)))
     assert learning.load_results("Q").keys() == {("Pendulum-v1", "hmc_sac_ent")}
     assert learning.load_results("QA").keys() == {("Pendulum-v1", "hmc_sac_k0")}
+
+
+def test_iqm_ratio_is_exact_for_scaled_scores_and_absent_for_negative_baselines() -> None:
+    base = np.array([1000.0, 2000.0, 3000.0])
+    ratio, low, high = learning.iqm_ratio_with_ci(1.2 * base, base)
+    assert ratio == pytest.approx(1.2)  # IQM of 3 runs is their mean
+    assert low < 1.2 < high  # the seeds are resampled independently: the CI has width
+    constant = np.full(5, 500.0)
+    assert learning.iqm_ratio_with_ci(1.5 * constant, constant) == pytest.approx((1.5, 1.5, 1.5))
+    # IQM of [100, 200, 300, 400, 10000]: the middle 50% (200, 300, 400 at 25% trim), i.e. 300.
+    outlier = np.array([100.0, 200.0, 300.0, 400.0, 10_000.0])
+    assert learning.iqm_ratio_with_ci(outlier, np.full(5, 300.0))[0] == pytest.approx(1.0)
+    assert learning.iqm_ratio_with_ci(base, -base) is None  # Pendulum-like returns: no ratio
 
 
 def test_a_comparison_tier_reads_the_other_tiers_runs_up_to_its_own_frames(sandbox) -> None:
