@@ -69,7 +69,7 @@ class PIDBetaHook(TrainerHookBase):
 
     In a plain loop there is no need for the hook; with ``pid`` a :class:`PIDController`::
 
-        loss.beta.fill_(pid.update(mean_policy_distance))  # once per policy iteration
+        loss.beta = pid.update(mean_policy_distance)  # once per policy iteration
 
     Args:
         loss_module: the loss whose ``beta_attr`` the controller drives (e.g. ``HMCLoss``).

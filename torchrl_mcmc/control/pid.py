@@ -116,7 +116,7 @@ class PIDController:
     In a plain training loop with a loss that keeps ``beta`` as a tensor buffer, the whole
     integration is one line per policy iteration::
 
-        loss.beta.fill_(pid.update(mean_distance))
+        loss.beta = pid.update(mean_distance)
 
     With a TorchRL :class:`~torchrl.trainers.Trainer`, use
     :class:`~torchrl_mcmc.control.hooks.PIDBetaHook` instead.
