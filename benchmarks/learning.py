@@ -189,9 +189,9 @@ TIERS = {
         eval_interval=10_000,
     ),
 }
-BASELINE = {"hmc_sac": "sac", "ld_td3": "td3"}
-#: The baseline each script is compared with (its variants inherit it): the IQM ratio.
-RATIO_BASELINE = {"hmc_sac": "sac", "bon_sac": "sac", "ld_td3": "td3"}
+#: The baseline each script is compared with (its variants inherit it): the IQM ratio's
+#: denominator, and a dashed line in the curves.
+BASELINE = {"hmc_sac": "sac", "bon_sac": "sac", "ld_td3": "td3"}
 
 
 def run_dir(tier: str, method: str, env: str, seed: int) -> Path:
@@ -414,32 +414,31 @@ def iqm_with_ci(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[fl
 def iqm_ratio_with_ci(
     scores: np.ndarray, baseline: np.ndarray, reps: int = 2000, seed: int = 0
 ) -> tuple[float, float, float] | None:
-    """IQM(scores) / IQM(baseline) and its 95% percentile-bootstrap CI, the runs of each
-    resampled on their own (independent seeds). ``None`` unless the baseline's IQM and every
-    resampled one are positive: a ratio of returns that can be negative reads nothing."""
-    from scipy.stats import trim_mean
+    """IQM(scores) / IQM(baseline) and its 95% stratified-bootstrap CI, the runs of each
+    resampled on their own (independent seeds; rliable's independent bootstrap). ``None``
+    unless every baseline run is positive, so that no resampled IQM of the baseline is zero
+    or negative: a ratio of returns that can be negative reads nothing."""
+    from rliable import library as rly
+    from rliable import metrics
 
-    point_base = trim_mean(baseline, 0.25)
-    if point_base <= 0:
+    if baseline.min() <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    num, den = (
-        trim_mean(rng.choice(x, size=(reps, len(x)), replace=True), 0.25, axis=1)
-        for x in (scores, baseline)
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    point, interval = rly.get_interval_estimates(
+        {"ratio": [scores.reshape(-1, 1), baseline.reshape(-1, 1)]},
+        lambda x, y: np.array([metrics.aggregate_iqm(x) / metrics.aggregate_iqm(y)]),
+        reps=reps,
     )
-    if (den <= 0).any():
-        return None
-    low, high = np.percentile(num / den, [2.5, 97.5])
-    return float(trim_mean(scores, 0.25) / point_base), float(low), float(high)
+    return float(point["ratio"][0]), float(interval["ratio"][0, 0]), float(interval["ratio"][1, 0])
 
 
 def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """Per env, each method's IQM ratio to its script's baseline (``RATIO_BASELINE``)."""
+    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``)."""
     out: dict[str, dict[str, dict]] = {}
     for env, methods in table.items():
         for method, row in methods.items():
             script = VARIANTS.get(method, (method, ()))[0]
-            base = RATIO_BASELINE.get(script)
+            base = BASELINE.get(script)
             if base not in methods:
                 continue
             ratio = iqm_ratio_with_ci(

@@ -256,13 +256,11 @@ def run_one(kind: str, num_steps: int, gated: bool | None, seed: int, args) -> d
     eval_states = states(args.eval_states, torch.Generator().manual_seed(10_000 + seed))
     if kind == "hmc":
         actor, loss = make_hmc(num_steps, bool(gated), args.beta_hmc)
-        chain_params, chain_loss = loss.flow_parameters, loss.flow_loss
     else:
         actor, loss = make_langevin(num_steps, args.beta_ld)
-        chain_params, chain_loss = loss.flow_parameters, loss.flow_loss
     loss.refresh_prior()  # the prior is the initial policy, fixed from here on
-    chain = list(chain_params()) if num_steps else []
-    seconds = train(loss, chain, chain_loss, args, generator)
+    chain = list(loss.flow_parameters()) if num_steps else []
+    seconds = train(loss, chain, loss.flow_loss, args, generator)
     if kind == "hmc":
         result = evaluate_hmc(actor, args.beta_hmc, eval_states, args.eval_samples)
     else:
