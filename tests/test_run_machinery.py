@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tensordict.nn import TensorDictModule
 
-from torchrl_mcmc.recipes import CONFIG_DIR, HMCSAC, LDTD3, SAC, TD3, BestOfNSAC
+from torchrl_mcmc.recipes import CONFIG_DIR, HMCSAC, LDTD3, SAC, TD3, BestOfNSAC, compose_config
 from torchrl_mcmc.recipes.checkpoint import (
     CHECKPOINT_POINTER,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
+from torchrl_mcmc.recipes.evaluation import evaluate, make_eval_env
 from torchrl_mcmc.recipes.factories import (
     make_collector,
     make_env,
@@ -282,3 +284,31 @@ def test_ld_td3_without_a_flow_trains_the_policy_alone() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert metrics["critic_gain"] == 0.0 and "loss_flow" not in metrics
     env.close()
+
+
+def test_batched_evaluation_counts_each_episode_once_as_one_by_one_rollouts_do() -> None:
+    # Hopper's episodes end when it falls, at different steps for different initial states:
+    # the batched evaluation must give each episode its own return, as rolling out the same
+    # seeds one env at a time does.
+    cfg = compose_config("sac", ["env=Hopper-v4", "eval.episodes=3"])
+    torch.manual_seed(0)
+    net = torch.nn.Linear(11, 3)
+    policy = TensorDictModule(
+        lambda obs: 0.2 * torch.tanh(net(obs)), in_keys=["observation"], out_keys=["action"]
+    )
+    batched = make_eval_env(cfg)
+    batched.set_seed(123)
+    value = evaluate(policy, batched, max_steps=1000)
+    batched.close()
+
+    returns, lengths, seed = [], [], 123
+    for _ in range(cfg.eval.episodes):
+        env = make_env(cfg)
+        seed = env.set_seed(seed)  # SerialEnv seeds its envs in this chain
+        with torch.no_grad():
+            rollout = env.rollout(1000, policy, break_when_any_done=True)
+        returns.append(rollout["next", "reward"].sum().item())
+        lengths.append(rollout.shape[0])
+        env.close()
+    assert len(set(lengths)) > 1, f"the episodes must end at different steps: {lengths}"
+    assert value == pytest.approx(sum(returns) / len(returns), rel=1e-5)

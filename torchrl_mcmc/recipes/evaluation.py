@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, SerialEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_mcmc.recipes.factories import make_env
 
 
+def make_eval_env(cfg: DictConfig) -> EnvBase:
+    """``eval.episodes`` copies of the task as one batched env (TorchRL's ``SerialEnv``): an
+    evaluation runs its episodes side by side, one policy call per step for all of them,
+    instead of one after another (on CPU, acting and the env wrappers' overhead are paid per
+    call, not per state)."""
+    return SerialEnv(cfg.eval.episodes, functools.partial(make_env, cfg))
+
+
 @torch.no_grad()
-def evaluate(policy: nn.Module, env: EnvBase, episodes: int, max_steps: int) -> float:
-    """Mean return of ``episodes`` deterministic-mode episodes of at most ``max_steps`` steps."""
-    returns = []
+def evaluate(policy: nn.Module, env: EnvBase, max_steps: int) -> float:
+    """Mean return of one deterministic-mode episode of at most ``max_steps`` steps in each of
+    the batched ``env``'s sub-envs (:func:`make_eval_env`).
+
+    The episodes run side by side. One that ends stops stepping while the others go on
+    (TorchRL's partial steps), and the evaluation stops when all have ended: each episode's
+    return is its own, counted once, as if the episodes ran one after another.
+    """
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        for _ in range(episodes):
-            rollout = env.rollout(max_steps, policy, break_when_any_done=True)
-            returns.append(rollout["next", "reward"].sum().item())
-    return float(np.mean(returns))
+        rollout = env.rollout(
+            max_steps, policy, break_when_any_done=False, break_when_all_done=True
+        )
+    # After an episode ends, the rollout repeats its last step: the running sum (RewardSum)
+    # at the last index is each episode's return.
+    return rollout["next", "episode_reward"][..., -1, :].mean().item()
 
 
 def record_video(policy: nn.Module, cfg: DictConfig, path: Path) -> None:

@@ -34,7 +34,12 @@ from torchrl_mcmc.recipes.checkpoint import (
     set_rng_state,
 )
 from torchrl_mcmc.recipes.config_rules import ConfigError
-from torchrl_mcmc.recipes.evaluation import evaluate, plot_curve, record_video
+from torchrl_mcmc.recipes.evaluation import (
+    evaluate,
+    make_eval_env,
+    plot_curve,
+    record_video,
+)
 from torchrl_mcmc.recipes.factories import (
     make_collector,
     make_env,
@@ -183,7 +188,7 @@ class Run:
         self.collector = make_collector(
             run_cfg, self.method.policy, device, seed=cfg.seed + self.progress.frames
         )
-        self._eval_env = make_env(cfg)
+        self._eval_env = make_eval_env(cfg)
         self._eval_env.set_seed(cfg.seed + 1_000_003)
 
         from tqdm import tqdm
@@ -275,9 +280,7 @@ class Run:
         """The mean return of ``eval.episodes`` deterministic episodes, noted in the history,
         the learning curve (``learning_curve.png``) and for :meth:`log`; returns it."""
         cfg, progress = self.cfg, self.progress
-        value = evaluate(
-            self.method.policy, self._eval_env, cfg.eval.episodes, cfg.env.max_episode_steps
-        )
+        value = evaluate(self.method.policy, self._eval_env, cfg.env.max_episode_steps)
         progress.eval_history.append({"frames": progress.frames, "eval_return": value})
         self._scalars["eval/return"] = self._last["eval"] = value
         progress.next_eval += cfg.eval.interval_frames
