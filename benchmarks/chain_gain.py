@@ -1,6 +1,7 @@
 """Is the chain's critic gain real? The critic's and the environment's verdict on refined actions.
 
-For a trained Pendulum-v1 run of ``ld_td3`` or ``hmc_sac`` (its run directory, last checkpoint),
+For a trained run of ``ld_td3`` or ``hmc_sac`` on Pendulum-v1 or a Gymnasium MuJoCo task (its
+run directory, last checkpoint),
 at states visited by the deterministic actor, this compares two gains of the refined action
 ``aK`` over the policy's own action ``a0`` (``K = 0``, the same networks):
 
@@ -8,14 +9,17 @@ at states visited by the deterministic actor, this compares two gains of the ref
   the losses log as ``critic_gain``;
 * the **true gain** ``G(s, aK) - G(s, a0)``: the discounted return of taking that first action
   and then following the deterministic actor, by rolling the environment out from the restored
-  state (Pendulum's state ``(theta, theta_dot)`` restores exactly; the horizon is the episode's
-  200 steps).
+  state (Pendulum's ``(theta, theta_dot)`` and MuJoCo's ``(qpos, qvel)`` restore exactly) to
+  the episode's end, or for ``--horizon`` steps: on MuJoCo's 1000-step episodes 300 steps
+  keep the run short and leave out discounted weight ``gamma ** 300`` (5% at 0.99) of the
+  rest, for both actions alike.
 
 A chain that climbs into actions the critic overrates shows a critic gain with no true gain.
 Deterministic throughout (deterministic actor, deterministic dynamics), so one rollout per
 action is exact.
 
     python benchmarks/chain_gain.py runs/benchmarks/QL/ld_td3_fixedbeta/Pendulum-v1/seed0
+    python benchmarks/chain_gain.py runs/benchmarks/SL/ld_td3/HalfCheetah-v4/seed0 --horizon 300
 
 Writes ``benchmarks/results/chain_gain/<method>_<env>_seed<N>.json``.
 """
@@ -25,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -51,13 +54,34 @@ def _act(module, obs: np.ndarray) -> np.ndarray:
         return module(td)["action"].numpy().astype(np.float64)
 
 
-def _return(env: gym.Env, state: np.ndarray, first: np.ndarray, actor, gamma: float) -> float:
-    """Discounted return of ``first`` from ``state``, then the deterministic ``actor``."""
+def _state(env: gym.Env) -> np.ndarray:
+    """The simulator's full state: MuJoCo's ``(qpos, qvel)``, or Pendulum's ``state``."""
+    sim = env.unwrapped
+    if hasattr(sim, "data"):
+        return np.concatenate([sim.data.qpos, sim.data.qvel])
+    return np.array(sim.state, dtype=np.float64)
+
+
+def _restore(env: gym.Env, state: np.ndarray) -> np.ndarray:
+    """Resets ``env`` (its time limit too), puts ``state`` back and returns its observation."""
     env.reset()
-    env.unwrapped.state = state.copy()
+    sim = env.unwrapped
+    if hasattr(sim, "data"):
+        sim.set_state(state[: sim.model.nq], state[sim.model.nq :])
+    else:
+        sim.state = state.copy()
+    return sim._get_obs().astype(np.float32)
+
+
+def _return(
+    env: gym.Env, state: np.ndarray, first: np.ndarray, actor, gamma: float, horizon: int | None
+) -> float:
+    """Discounted return of ``first`` from ``state``, then the deterministic ``actor``, to the
+    episode's end or for ``horizon`` steps."""
+    _restore(env, state)
     obs, reward, terminated, truncated, _ = env.step(first)
     total, discount, steps = reward, gamma, 1
-    while not (terminated or truncated):
+    while not (terminated or truncated or steps == horizon):
         obs, reward, terminated, truncated, _ = env.step(_act(actor, obs))
         total += discount * reward
         discount *= gamma
@@ -71,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--states", type=int, default=64, help="states to compare at")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--horizon", type=int, default=None, help="rollout steps (default: to the episode's end)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
-    if cfg.env.name != "Pendulum-v1":
-        raise SystemExit(f"env.name={cfg.env.name!r}: only Pendulum-v1's state is restored here")
     method_cls = LDTD3 if "flow" in cfg else HMCSAC
     spec_env = make_env(cfg)
     method = method_cls(cfg, spec_env, torch.device("cpu"))
@@ -95,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         obs, _ = env.reset(seed=args.seed + episode)
         episode += 1
         visited = []
-        for _ in range(200):
-            visited.append(np.array(env.unwrapped.state, dtype=np.float64))
+        for _ in range(cfg.env.max_episode_steps):
+            visited.append(_state(env))
             obs, _, terminated, truncated, _ = env.step(_act(actor, obs))
             if terminated or truncated:
                 break
@@ -107,17 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     gamma = float(cfg.optim.gamma)
     rows = []
     for state in states:
-        theta, theta_dot = state
-        obs = np.array([math.cos(theta), math.sin(theta), theta_dot], dtype=np.float32)
+        obs = _restore(env, state)
         a0, a_k = _act(base, obs), _act(actor, obs)
-        td = TensorDict({"observation": torch.as_tensor(obs).expand(2, 3)}, batch_size=[2])
+        td = TensorDict({"observation": torch.as_tensor(obs).expand(2, -1)}, batch_size=[2])
         with torch.no_grad():
             q = actor.critic_value(td, torch.as_tensor(np.stack([a0, a_k]), dtype=torch.float32))
         rows.append(
             {
                 "critic_gain": float(q[1] - q[0]),
-                "true_gain": _return(env, state, a_k, actor, gamma)
-                - _return(env, state, a0, actor, gamma),
+                "true_gain": _return(env, state, a_k, actor, gamma, args.horizon)
+                - _return(env, state, a0, actor, gamma, args.horizon),
                 "move": float(np.abs(a_k - a0).max()),
             }
         )
@@ -143,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             "states": args.states,
             "state_seed": args.seed,
             "gamma": gamma,
-            "rollout": "first action, then the deterministic actor to the episode's end (200)",
+            "rollout": "first action, then the deterministic actor, "
+            + (f"for {args.horizon} steps" if args.horizon else "to the episode's end"),
         },
         "summary": summary,
         "rows": rows,

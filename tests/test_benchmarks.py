@@ -279,3 +279,25 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     rows = json.loads(result.read_text())["rows"]
     assert len(rows) == 3
     assert all(r["critic_gain"] == 0.0 and r["true_gain"] == 0.0 for r in rows)
+
+
+def test_chain_gain_restores_a_mujoco_state_exactly() -> None:
+    """Known answer: from a restored ``(qpos, qvel)`` the same action gives the same next
+    observation and reward as from the state it was read at (the rollouts' premise)."""
+    import gymnasium as gym
+
+    from benchmarks import chain_gain
+
+    env = gym.make("HalfCheetah-v4")
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(20):
+        env.step(env.action_space.sample())
+    state, action = chain_gain._state(env), env.action_space.sample()
+    expected_obs, expected_reward, *_ = env.step(action)
+    for _ in range(7):  # elsewhere, then back
+        env.step(env.action_space.sample())
+    chain_gain._restore(env, state)
+    obs, reward, *_ = env.step(action)
+    np.testing.assert_array_equal(obs, expected_obs)
+    assert reward == expected_reward
