@@ -370,9 +370,12 @@ def test_the_loss_trains_on_the_first_draws_chains_that_did_not_diverge() -> Non
     kept = ~acted.divergent
     assert 0 < int(num_divergent) == int(acted.divergent.sum()) < batch.shape[0]
     assert states.shape[0] == int(kept.sum()) and not out.divergent.any()
-    # Rerun with the same draws: the very chains of the first run, minus the divergent ones.
-    torch.testing.assert_close(out.uK, acted.uK[kept])
-    torch.testing.assert_close(out.rhoK, acted.rhoK[kept])
+    # Rerun with the same draws: the very chains of the first run, minus the divergent ones. A
+    # batch of another size rounds differently in float32 (the matrix products' blocking depends
+    # on the CPU), and the 1/beta = 1e6 force amplifies it: tens of ulps, where another draw
+    # would differ by O(1).
+    torch.testing.assert_close(out.uK, acted.uK[kept], rtol=2e-5, atol=1e-5)
+    torch.testing.assert_close(out.rhoK, acted.rhoK[kept], rtol=2e-5, atol=1e-5)
     torch.testing.assert_close(states["observation"], batch["observation"][kept])
 
 
