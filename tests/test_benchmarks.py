@@ -301,3 +301,22 @@ def test_chain_gain_restores_a_mujoco_state_exactly() -> None:
     obs, reward, *_ = env.step(action)
     np.testing.assert_array_equal(obs, expected_obs)
     assert reward == expected_reward
+
+
+@pytest.mark.parametrize("variant", sorted(learning.VARIANTS))
+def test_every_variant_composes_into_a_valid_config_that_holds_its_overrides(variant) -> None:
+    # A typo in a variant's overrides would otherwise surface only when its grid starts.
+    import yaml
+    from omegaconf import OmegaConf
+
+    from torchrl_mcmc.recipes import compose_config
+    from torchrl_mcmc.recipes.config_rules import config_problems
+
+    script, overrides = learning.VARIANTS[variant]
+    cfg = compose_config(script, [*overrides, f"method={variant}"])
+    assert config_problems(cfg) == []
+    assert cfg.method == variant
+    for override in overrides:
+        key, value = override.split("=", 1)
+        # Hydra parses an override's value as YAML does (``2.0`` a float, ``false`` a bool).
+        assert OmegaConf.select(cfg, key) == yaml.safe_load(value)
