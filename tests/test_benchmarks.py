@@ -320,3 +320,12 @@ def test_every_variant_composes_into_a_valid_config_that_holds_its_overrides(var
         key, value = override.split("=", 1)
         # Hydra parses an override's value as YAML does (``2.0`` a float, ``false`` a bool).
         assert OmegaConf.select(cfg, key) == yaml.safe_load(value)
+
+
+def test_every_tier_names_known_methods_and_the_ablations_only_their_own() -> None:
+    scripts = {p.stem for p in (learning.ROOT / "examples").glob("*.py")}
+    for tier in learning.TIERS.values():
+        assert set(tier.methods) <= scripts | set(learning.VARIANTS)
+    # A variant added for a later screen must not join a finished tier's grid.
+    assert "hmc_sac_ent_lcb" not in learning.TIERS["QA"].methods
+    assert set(learning.TIERS["QA"].methods) - {"sac", "hmc_sac"} <= set(learning.VARIANTS)
