@@ -20,6 +20,7 @@ action is exact.
 
     python benchmarks/chain_gain.py runs/benchmarks/QL/ld_td3_fixedbeta/Pendulum-v1/seed0
     python benchmarks/chain_gain.py runs/benchmarks/SL/ld_td3/HalfCheetah-v4/seed0 --horizon 300
+    python benchmarks/chain_gain.py --summarize benchmarks/results/chain_gain/*.json
 
 Writes ``benchmarks/results/chain_gain/<method>_<env>_seed<N>.json``.
 """
@@ -89,10 +90,47 @@ def _return(
     return float(total)
 
 
+def summarize(rows: list[dict], resamples: int = 10_000, seed: int = 0) -> dict:
+    """The verdicts over the states: means, the true gain's spread, and a 95% percentile
+    bootstrap interval of its mean (the rollouts' spread is wide next to the critic's gain, so
+    the interval says whether the states resolve the gain at all)."""
+    critic = np.array([r["critic_gain"] for r in rows])
+    true = np.array([r["true_gain"] for r in rows])
+    means = np.random.default_rng(seed).choice(true, (resamples, len(true))).mean(axis=1)
+    return {
+        "states": len(rows),
+        "critic_gain_mean": float(critic.mean()),
+        "true_gain_mean": float(true.mean()),
+        "true_gain_mean_ci95": [float(q) for q in np.percentile(means, [2.5, 97.5])],
+        "true_gain_median": float(np.median(true)),
+        "true_gain_p5_p95": [float(q) for q in np.percentile(true, [5, 95])],
+        "fraction_true_gain_negative": float((true < 0).mean()),
+        "correlation": float(np.corrcoef(critic, true)[0, 1]) if true.std() > 0 else None,
+        "action_move_mean": float(np.mean([r["move"] for r in rows])),
+    }
+
+
+def resummarize(paths: list[Path]) -> None:
+    """Recomputes the summary of result files from their per-state rows (after a change of
+    :func:`summarize`; the rollouts need the run's checkpoint, the summary does not)."""
+    for path in paths:
+        result = json.loads(path.read_text())
+        result["summary"] = summarize(result["rows"])
+        path.write_text(json.dumps(result, indent=1))
+        logger.info("%s: %s", path, json.dumps(result["summary"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?", help="the trained run to measure")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        metavar="RESULT",
+        help="instead: recompute these result files' summaries from their rows",
+    )
     parser.add_argument("--states", type=int, default=64, help="states to compare at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -100,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
     args = parser.parse_args(argv)
+    if (args.run_dir is None) == (args.summarize is None):
+        parser.error("give either a run directory or --summarize RESULT [RESULT ...]")
+    if args.summarize:
+        resummarize(args.summarize)
+        return 0
     torch.set_num_threads(1)
 
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
@@ -145,17 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 "move": float(np.abs(a_k - a0).max()),
             }
         )
-    critic = np.array([r["critic_gain"] for r in rows])
-    true = np.array([r["true_gain"] for r in rows])
-    summary = {
-        "states": len(rows),
-        "critic_gain_mean": float(critic.mean()),
-        "true_gain_mean": float(true.mean()),
-        "true_gain_median": float(np.median(true)),
-        "fraction_true_gain_negative": float((true < 0).mean()),
-        "correlation": float(np.corrcoef(critic, true)[0, 1]) if true.std() > 0 else None,
-        "action_move_mean": float(np.mean([r["move"] for r in rows])),
-    }
+    summary = summarize(rows)
     logger.info("%s", json.dumps(summary))
     out = {
         **provenance(),

@@ -281,6 +281,36 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     assert all(r["critic_gain"] == 0.0 and r["true_gain"] == 0.0 for r in rows)
 
 
+def test_chain_gain_summary_matches_hand_computed_statistics(tmp_path: Path) -> None:
+    from benchmarks import chain_gain
+
+    true = np.array([-2.0, 1.0, 3.0, 6.0])
+    rows = [
+        {"critic_gain": 0.5 * g, "true_gain": g, "move": m}
+        for g, m in zip(true, (0.1, 0.2, 0.3, 0.4), strict=True)
+    ]
+    summary = chain_gain.summarize(rows)
+    assert summary["true_gain_mean"] == 2.0 and summary["true_gain_median"] == 2.0
+    assert summary["fraction_true_gain_negative"] == 0.25
+    assert summary["correlation"] == pytest.approx(1.0)
+    assert summary["action_move_mean"] == pytest.approx(0.25)
+    assert summary["true_gain_p5_p95"] == pytest.approx(np.percentile(true, [5, 95]).tolist())
+    # The bootstrap interval of the mean: inside the data's range, around the mean, and about
+    # +-1.96 standard errors wide (population std / sqrt(n) = 2.92 / 2).
+    low, high = summary["true_gain_mean_ci95"]
+    assert true.min() <= low < 2.0 < high <= true.max()
+    assert high - low == pytest.approx(2 * 1.96 * true.std() / 2, rel=0.25)
+    # A constant gain is known exactly.
+    flat = chain_gain.summarize([{"critic_gain": 1.0, "true_gain": 3.0, "move": 0.0}] * 5)
+    assert flat["true_gain_mean_ci95"] == [3.0, 3.0] and flat["correlation"] is None
+    # --summarize rewrites a result's summary from its rows and leaves the rest.
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"method": "m", "rows": rows, "summary": {"stale": 1}}))
+    assert chain_gain.main(["--summarize", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["summary"] == summary and result["method"] == "m" and result["rows"] == rows
+
+
 def test_chain_gain_restores_a_mujoco_state_exactly() -> None:
     """Known answer: from a restored ``(qpos, qvel)`` the same action gives the same next
     observation and reward as from the state it was read at (the rollouts' premise)."""
