@@ -145,6 +145,7 @@ _QUICK = Tier(
         "hmc_sac_paper",
         "hmc_sac_ent",
         "hmc_sac_ent_fast",
+        "hmc_sac_ent_lcb",
         "td3",
         "ld_td3_pid",
         "ld_td3_fixedbeta",
