@@ -147,8 +147,6 @@ _QUICK = Tier(
         "hmc_sac_ent_fast",
         "hmc_sac_ent_lcb",
         "td3",
-        "ld_td3_pid",
-        "ld_td3_fixedbeta",
     ),
     eval_interval=1_000,
     overrides=("preset=quick",),

@@ -23,7 +23,9 @@ round (TD3's for LD-TD3). HMC-SAC configurations (each at ``K`` = 1, 3, 5, 10):
   (``hmc.h_update_interval=2``; its per-update times are bimodal, read its mean and ratio);
 * ``entropy``: the entropy prior (``hmc.prior=uniform``), otherwise as ``exact_alternating``;
 * ``entropy_fast``: the entropy prior at the cheapest (joint, ``next_action=base``,
-  ``potential_critic=first``), the candidate default.
+  ``potential_critic=first``);
+* ``entropy_lcb``: ``entropy_fast`` with a pessimistic potential and objective
+  (``hmc.potential_critic=mean_std``, ``hmc.pessimism=2``: both critics in every leapfrog step).
 
 Controls and references: ``bon_sac`` with ``N = K + 1``, ``ld_td3`` (``K`` coupling layers)
 against ``td3``, both TD3 methods with ``td3.policy_delay=1`` (every update a full one). Extra,
@@ -140,12 +142,23 @@ HMC_CONFIGURATIONS: dict[str, dict[str, Any]] = {
         "hmc.next_action": "base",
         "hmc.potential_critic": "first",
     },
+    # entropy_fast with a lower confidence bound over the twins in the potential and the
+    # objective (mean - 2 std): both critics in every leapfrog step.
+    "entropy_lcb": {
+        **_EXACT,
+        "hmc.prior": "uniform",
+        "hmc.update_mode": "joint",
+        "hmc.next_action": "base",
+        "hmc.potential_critic": "mean_std",
+        "hmc.pessimism": 2.0,
+    },
 }
 #: The same configurations in the learning benchmark's screening (benchmarks/learning.py).
 SCREENING_VARIANTS = {
     "exact_alternating": "hmc_sac_paper",
     "entropy": "hmc_sac_ent",
     "entropy_fast": "hmc_sac_ent_fast",
+    "entropy_lcb": "hmc_sac_ent_lcb",
 }
 
 

@@ -92,13 +92,13 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     assert len(out["pending"]) == (len(tier.methods) - 2) * len(tier.seeds)
     # A run counts under the variant its place names, whatever ``method`` it recorded (LD-TD3's
     # PID runs made while the PID was the script's default).
-    path = learning.result_path("Q", "ld_td3_pid", "Pendulum-v1", 0)
+    assert (learning.RESULTS.parent / "learning_Q_Pendulum-v1.png").stat().st_size > 1000
+    path = learning.result_path("QL", "ld_td3_pid", "Pendulum-v1", 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_fake_summary("ld_td3", "Pendulum-v1", 0, -999.0)))
-    out = learning.aggregate("Q")
+    out = learning.aggregate("QL")
     assert out["results"]["Pendulum-v1"]["ld_td3_pid"]["final_scores"] == [-999.0]
     assert "ld_td3" not in out["results"]["Pendulum-v1"]
-    assert (learning.RESULTS.parent / "learning_Q_Pendulum-v1.png").stat().st_size > 1000
 
 
 def test_tiers_keep_their_runs_and_variants_name_their_results(sandbox) -> None:

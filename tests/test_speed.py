@@ -185,3 +185,17 @@ def test_one_provenance_helper_for_every_result() -> None:
     assert {"torch", "torchrl", "tensordict", "gymnasium", "mujoco"} <= set(record["versions"])
     assert record["device"] == "cpu" and record["threads"] == torch.get_num_threads()
     assert record["cpu"] and record["date"]
+
+
+@pytest.mark.parametrize("name", sorted(update_speed.SCREENING_VARIANTS))
+def test_each_timed_configuration_is_the_screening_variant_it_names(name) -> None:
+    # The cost in docs/results.md is read beside a learning curve under the variant's name:
+    # both must compose to the same chain and loss options.
+    from benchmarks import learning
+    from torchrl_mcmc.recipes import compose_config
+
+    script, overrides = learning.VARIANTS[update_speed.SCREENING_VARIANTS[name]]
+    screened = compose_config(script, list(overrides))
+    timed = update_speed.compose_config("hmc_sac", update_speed.HMC_CONFIGURATIONS[name])
+    assert script == "hmc_sac"
+    assert timed.hmc == screened.hmc
