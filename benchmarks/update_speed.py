@@ -105,7 +105,7 @@ DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "update_speed.json"
 ENV_NAME = "HalfCheetah-v4"
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v4's shapes (checked against the env)
 HEADLINE_K = 5  # the protocol's K: the summary's ratios and the extra rows
-#: The candidate default until the screening (learning benchmark) decides.
+#: The default of ``examples/hmc_sac.py``, chosen by the screening (docs/method.md §2).
 DEFAULT_CONFIGURATION = "entropy_fast"
 #: Above this update ratio at K = 5 the summary names what bounds the default (issue 12).
 BOUND_RATIO = 2.0
@@ -919,8 +919,8 @@ def _summary(
     summary: dict[str, Any] = {
         "default": DEFAULT_CONFIGURATION,
         "default_settings": HMC_CONFIGURATIONS[DEFAULT_CONFIGURATION],
-        "default_note": "the candidate default until the screening (benchmarks/learning.py) "
-        "finds which configuration keeps the returns",
+        "default_note": "examples/hmc_sac.py's default, chosen by the screening "
+        "(benchmarks/learning.py tiers Q and S)",
         "candidates": [
             {"name": name, "settings": settings, "update_ratio_k5": ratio_k5(name)}
             for name, settings in HMC_CONFIGURATIONS.items()
