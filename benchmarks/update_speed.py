@@ -128,6 +128,13 @@ _EXACT = {
     "hmc.potential_critic": "min",
     "hmc.h_update_interval": 1,
 }
+_ENTROPY_FAST = {
+    **_EXACT,
+    "hmc.prior": "uniform",
+    "hmc.update_mode": "joint",
+    "hmc.next_action": "base",
+    "hmc.potential_critic": "first",
+}
 HMC_CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "exact_alternating": _EXACT,
     "exact_joint": {**_EXACT, "hmc.update_mode": "joint"},
@@ -135,23 +142,10 @@ HMC_CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "next_base": {**_EXACT, "hmc.next_action": "base"},
     "h_every_2": {**_EXACT, "hmc.h_update_interval": 2},
     "entropy": {**_EXACT, "hmc.prior": "uniform"},
-    "entropy_fast": {
-        **_EXACT,
-        "hmc.prior": "uniform",
-        "hmc.update_mode": "joint",
-        "hmc.next_action": "base",
-        "hmc.potential_critic": "first",
-    },
+    "entropy_fast": _ENTROPY_FAST,
     # entropy_fast with a lower confidence bound over the twins in the potential and the
     # objective (mean - 2 std): both critics in every leapfrog step.
-    "entropy_lcb": {
-        **_EXACT,
-        "hmc.prior": "uniform",
-        "hmc.update_mode": "joint",
-        "hmc.next_action": "base",
-        "hmc.potential_critic": "mean_std",
-        "hmc.pessimism": 2.0,
-    },
+    "entropy_lcb": {**_ENTROPY_FAST, "hmc.potential_critic": "mean_std", "hmc.pessimism": 2.0},
 }
 #: The same configurations in the learning benchmark's screening (benchmarks/learning.py).
 SCREENING_VARIANTS = {
