@@ -16,7 +16,11 @@ at states visited by the deterministic actor, this compares two gains of the ref
 
 A chain that climbs into actions the critic overrates shows a critic gain with no true gain.
 Deterministic throughout (deterministic actor, deterministic dynamics), so one rollout per
-action is exact.
+action is exact. Exact is not noiseless, though: a MuJoCo rollout is chaotic, and a move of a
+few thousandths changes a 300-step return by tens. So each state also gets a **null move**:
+``a0`` moved by the chain's own per-dimension distances ``|aK - a0|`` with random signs (clipped
+to the action bounds). Its true gain is what a move of the chain's size reads by chance; the
+chain's direction counts only where the paired difference, chain minus null, is above zero.
 
     python benchmarks/chain_gain.py runs/benchmarks/QL/ld_td3_fixedbeta/Pendulum-v1/seed0
     python benchmarks/chain_gain.py runs/benchmarks/SL/ld_td3/HalfCheetah-v4/seed0 --horizon 300
@@ -90,23 +94,50 @@ def _return(
     return float(total)
 
 
+def null_action(
+    a0: np.ndarray, a_k: np.ndarray, low: np.ndarray, high: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The null move: ``a0`` moved by the chain's distance in each dimension, ``|aK - a0|``,
+    in a random direction (independent random signs), clipped to ``[low, high]``."""
+    signs = rng.choice(np.array([-1.0, 1.0]), size=a0.shape)
+    return np.clip(a0 + signs * np.abs(a_k - a0), low, high)
+
+
+def _bootstrap_ci(values: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """95% percentile bootstrap interval of the mean, resampling the states."""
+    picks = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    return [float(q) for q in np.percentile(values[picks].mean(axis=1), [2.5, 97.5])]
+
+
 def summarize(rows: list[dict], resamples: int = 10_000, seed: int = 0) -> dict:
     """The verdicts over the states: means, the true gain's spread, and a 95% percentile
     bootstrap interval of its mean (the rollouts' spread is wide next to the critic's gain, so
-    the interval says whether the states resolve the gain at all)."""
+    the interval says whether the states resolve the gain at all). Rows measured with the null
+    move (every file written since it exists) add its gains and the paired chain-minus-null
+    difference with its interval, the states resampled together."""
     critic = np.array([r["critic_gain"] for r in rows])
     true = np.array([r["true_gain"] for r in rows])
-    means = np.random.default_rng(seed).choice(true, (resamples, len(true))).mean(axis=1)
+    null = {}
+    if all("null_true_gain" in r for r in rows):
+        null_true = np.array([r["null_true_gain"] for r in rows])
+        null = {
+            "null_critic_gain_mean": float(np.mean([r["null_critic_gain"] for r in rows])),
+            "null_true_gain_mean": float(null_true.mean()),
+            "null_true_gain_mean_ci95": _bootstrap_ci(null_true, resamples, seed),
+            "chain_minus_null_mean": float((true - null_true).mean()),
+            "chain_minus_null_ci95": _bootstrap_ci(true - null_true, resamples, seed),
+        }
     return {
         "states": len(rows),
         "critic_gain_mean": float(critic.mean()),
         "true_gain_mean": float(true.mean()),
-        "true_gain_mean_ci95": [float(q) for q in np.percentile(means, [2.5, 97.5])],
+        "true_gain_mean_ci95": _bootstrap_ci(true, resamples, seed),
         "true_gain_median": float(np.median(true)),
         "true_gain_p5_p95": [float(q) for q in np.percentile(true, [5, 95])],
         "fraction_true_gain_negative": float((true < 0).mean()),
         "correlation": float(np.corrcoef(critic, true)[0, 1]) if true.std() > 0 else None,
         "action_move_mean": float(np.mean([r["move"] for r in rows])),
+        **null,
     }
 
 
@@ -173,18 +204,25 @@ def main(argv: list[str] | None = None) -> int:
     states = states[: args.states]
 
     gamma = float(cfg.optim.gamma)
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
     rows = []
     for state in states:
         obs = _restore(env, state)
         a0, a_k = _act(base, obs), _act(actor, obs)
-        td = TensorDict({"observation": torch.as_tensor(obs).expand(2, -1)}, batch_size=[2])
+        a_null = null_action(a0, a_k, low, high, rng)
+        td = TensorDict({"observation": torch.as_tensor(obs).expand(3, -1)}, batch_size=[3])
         with torch.no_grad():
-            q = actor.critic_value(td, torch.as_tensor(np.stack([a0, a_k]), dtype=torch.float32))
+            actions = torch.as_tensor(np.stack([a0, a_k, a_null]), dtype=torch.float32)
+            q = actor.critic_value(td, actions)
+        g0, g_k, g_null = (
+            _return(env, state, a, actor, gamma, args.horizon) for a in (a0, a_k, a_null)
+        )
         rows.append(
             {
                 "critic_gain": float(q[1] - q[0]),
-                "true_gain": _return(env, state, a_k, actor, gamma, args.horizon)
-                - _return(env, state, a0, actor, gamma, args.horizon),
+                "true_gain": g_k - g0,
+                "null_critic_gain": float(q[2] - q[0]),
+                "null_true_gain": g_null - g0,
                 "move": float(np.abs(a_k - a0).max()),
             }
         )
@@ -202,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "gamma": gamma,
             "rollout": "first action, then the deterministic actor, "
             + (f"for {args.horizon} steps" if args.horizon else "to the episode's end"),
+            "null_move": "a0 + random signs * |aK - a0| per dimension, clipped to the bounds",
         },
         "summary": summary,
         "rows": rows,

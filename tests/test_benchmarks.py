@@ -267,7 +267,8 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     tmp_path: Path,
 ) -> None:
     """Known answer: with ``flow.num_layers=0`` the refined action is the policy's, so both the
-    critic's gain and the true (rolled-out) gain are exactly 0 at every state."""
+    critic's gain and the true (rolled-out) gain are exactly 0 at every state, and so are the
+    null move's (a move of the chain's size, zero)."""
     from benchmarks import chain_gain
     from torchrl_mcmc.recipes import LDTD3, compose_config, train
 
@@ -280,6 +281,26 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     rows = json.loads(result.read_text())["rows"]
     assert len(rows) == 3
     assert all(r["critic_gain"] == 0.0 and r["true_gain"] == 0.0 for r in rows)
+    assert all(r["null_critic_gain"] == 0.0 and r["null_true_gain"] == 0.0 for r in rows)
+
+
+def test_chain_gain_null_move_has_the_chains_size_per_dimension_and_random_signs() -> None:
+    from benchmarks import chain_gain
+
+    rng = np.random.default_rng(0)
+    a0 = np.array([0.0, 0.2, -0.5, 0.9])
+    a_k = np.array([0.1, 0.15, -0.5, 0.7])
+    low, high = -np.ones(4), np.ones(4)
+    moves = np.stack([chain_gain.null_action(a0, a_k, low, high, rng) for _ in range(400)])
+    distance = np.abs(moves - a0)
+    # Inside the bounds the distance in each dimension is the chain's, to rounding.
+    np.testing.assert_allclose(distance[:, :3], np.tile([0.1, 0.05, 0.0], (400, 1)), atol=1e-12)
+    # Each sign about half the time, independently of the other dimensions.
+    up = moves[:, :2] > a0[:2]
+    assert np.all(np.abs(up.mean(axis=0) - 0.5) < 0.1)
+    assert abs(np.mean(up[:, 0] == up[:, 1]) - 0.5) < 0.1
+    # At the bound the upward move is clipped: 0.9 + 0.2 gives 1.0, the downward one 0.7.
+    assert set(np.round(moves[:, 3], 12)) == {0.7, 1.0}
 
 
 def test_chain_gain_summary_matches_hand_computed_statistics(tmp_path: Path) -> None:
@@ -304,6 +325,17 @@ def test_chain_gain_summary_matches_hand_computed_statistics(tmp_path: Path) -> 
     # A constant gain is known exactly.
     flat = chain_gain.summarize([{"critic_gain": 1.0, "true_gain": 3.0, "move": 0.0}] * 5)
     assert flat["true_gain_mean_ci95"] == [3.0, 3.0] and flat["correlation"] is None
+    assert "chain_minus_null_mean" not in summary  # rows without the null move: no null keys
+    # With the null move: its mean, and the paired difference resampled by state. The chain's
+    # gains minus the null's are all 1.0, so the difference's interval is exactly [1, 1] while
+    # the null's own interval is as wide as the chain's.
+    with_null = [
+        {**r, "null_critic_gain": 0.0, "null_true_gain": r["true_gain"] - 1.0} for r in rows
+    ]
+    paired = chain_gain.summarize(with_null)
+    assert paired["null_true_gain_mean"] == 1.0 and paired["null_critic_gain_mean"] == 0.0
+    assert paired["chain_minus_null_mean"] == 1.0 and paired["chain_minus_null_ci95"] == [1.0, 1.0]
+    assert paired["null_true_gain_mean_ci95"] == pytest.approx([low - 1.0, high - 1.0])
     # --summarize rewrites a result's summary from its rows and leaves the rest.
     path = tmp_path / "result.json"
     path.write_text(json.dumps({"method": "m", "rows": rows, "summary": {"stale": 1}}))
