@@ -60,6 +60,11 @@ class HMCLoss(MCMCPolicyLoss):
       controller reads), ``elbo_gap`` (ELBO at the chain's end minus at its start, in units of
       ``Q / beta``), ``critic_gain`` (``Q(s, aK) - Q(s, a0)``), ``num_divergent``,
       ``base_entropy`` (of ``pi_theta`` in the unsquashed space; watch it for collapse),
+      ``entropy`` (of the refined action in action space, the auxiliary-variable estimate) and
+      its two other parts, ``entropy_chain`` (``E[log N(rhoK) - log N(rho0)]``, what the chain
+      adds) and ``entropy_squash`` (``E[log|det da/du|(uK)]``, what the squash adds; large and
+      negative when actions sit near the bounds): ``entropy`` is ``base_entropy +
+      entropy_chain + entropy_squash`` up to the batch's sampling error,
       ``step_size`` (mean ``eps``), ``td_error``.
 
     **Divergent chains** (see :class:`~torchrl_mcmc.mcmc.HamiltonianFlow`: a non-finite end or
@@ -229,6 +234,8 @@ class HMCLoss(MCMCPolicyLoss):
         "num_divergent",
         "base_entropy",
         "entropy",
+        "entropy_chain",
+        "entropy_squash",
         "step_size",
         "td_error",
     )
@@ -374,6 +381,10 @@ class HMCLoss(MCMCPolicyLoss):
             "policy_distance": (out.log_prob + log_rho0 - log_prior_uK - log_rhoK).mean(),
             # -E[log q(aK)] in action space (auxiliary-variable estimate): what alpha tracks.
             "entropy": -self._log_q_action(out).mean(),
+            "entropy_chain": (log_rhoK - log_rho0).mean(),
+            "entropy_squash": squash_log_det(
+                out.uK, low.to(out.uK.dtype), high.to(out.uK.dtype)
+            ).mean(),
             "elbo_gap": (elbo_end - elbo_start).mean(),
             "critic_gain": (q_end - q_start).mean(),
             "base_entropy": entropy.mean(),
