@@ -300,13 +300,16 @@ def run_grid(args: argparse.Namespace) -> int:
         with open(directory.parent / f"seed{seed}.log", "a") as log:
             code, stopped = _run_child([sys.executable, *cmd[1:]], log)
         if stopped:
+            # 128 + N is the run's own exit after its checkpoint; anything else (a second,
+            # direct signal kills it: exit -N) left no checkpoint of this stop.
+            saved = code == 128 + stopped
             logger.warning(
-                "stopped by %s: %s %s seed %d checkpointed (exit %d); run the grid again to "
-                "continue",
+                "stopped by %s: %s %s seed %d %s (exit %d); run the grid again to continue",
                 signal.Signals(stopped).name,
                 method,
                 env,
                 seed,
+                "checkpointed" if saved else "stopped before writing a checkpoint",
                 code,
             )
             return 128 + stopped
