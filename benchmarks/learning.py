@@ -260,6 +260,13 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
         # One thread per run (docs/benchmarks.md): runs go two at a time on two cores, and a
         # second OpenMP thread per run oversubscribes them (spin-waits cost ~10x per update).
         *(() if any(a.startswith("threads=") for a in extra) else ("threads=1",)),
+        # A checkpoint at every evaluation (the scripts' default is every 50k frames): a stopped
+        # run that never got its own checkpoint out loses one evaluation interval, not an hour.
+        *(
+            ()
+            if any(a.startswith("checkpoint.interval_frames=") for a in extra)
+            else (f"checkpoint.interval_frames={tier.eval_interval}",)
+        ),
         *extra,
     ]
     if (run_dir(tier_name, method, env, seed) / "latest_checkpoint.txt").exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,34 @@ def test_grid_skips_finished_resumes_partial_and_starts_pending(sandbox, monkeyp
     assert learning.result_path("Q", "sac", "Pendulum-v1", 2).exists()
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "says"),
+    [(128 + 15, "checkpointed"), (-9, "stopped before writing a checkpoint")],
+)
+def test_a_stopped_grid_says_whether_the_run_checkpointed(
+    sandbox, monkeypatch, caplog, exit_code, says
+) -> None:
+    # 128 + N is the run's own exit after writing its checkpoint; a run killed by a second,
+    # direct signal exits -N and left none: the grid must not claim it did.
+    calls = []
+
+    def fake_call(cmd, log):
+        calls.append(cmd)
+        return exit_code, signal.SIGTERM
+
+    monkeypatch.setattr(learning, "_run_child", fake_call)
+    args = learning.argparse.Namespace(
+        tier="Q", methods=["sac"], envs=None, seeds=[0, 1], overrides=[]
+    )
+    with caplog.at_level(logging.WARNING, logger="benchmarks.learning"):
+        assert learning.run_grid(args) == 128 + signal.SIGTERM
+    assert len(calls) == 1  # the grid stops after the stopped run
+    (record,) = [r for r in caplog.records if "stopped by SIGTERM" in r.getMessage()]
+    assert record.getMessage().endswith(
+        f"{says} (exit {exit_code}); run the grid again to continue"
+    )
+
+
 def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     finals = {"sac": [-200.0, -180.0, -160.0, -150.0, -400.0], "hmc_sac_ent": [-150.0] * 5}
     for method, scores in finals.items():
@@ -112,6 +142,10 @@ def test_tiers_keep_their_runs_and_variants_name_their_results(sandbox) -> None:
     assert not any(
         a == "threads=1" for a in learning.command("Q", "sac", "Pendulum-v1", 0, ["threads=4"])
     )
+    # A checkpoint at every evaluation, unless the caller sets its own interval.
+    assert "checkpoint.interval_frames=10000" in learning.command("M", "sac", "Hopper-v4", 0, [])
+    custom = learning.command("M", "sac", "Hopper-v4", 0, ["checkpoint.interval_frames=5"])
+    assert [a for a in custom if a.startswith("checkpoint.")] == ["checkpoint.interval_frames=5"]
     variant = learning.result_path("QA", "hmc_sac_k0", "Pendulum-v1", 0)
     assert variant.parts[-4:] == ("QA", "hmc_sac_k0", "Pendulum-v1", "seed0.json")
     # A variant runs its script with its overrides and the variant's own method name.
