@@ -240,6 +240,11 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
+def _unless_given(extra: list[str], key: str, value: object) -> tuple[str, ...]:
+    """The override ``key=value``, or nothing where the caller's ``extra`` sets ``key``."""
+    return () if any(a.startswith(f"{key}=") for a in extra) else (f"{key}={value}",)
+
+
 def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) -> list[str]:
     """The example-script command of one run, to be run from the repository root."""
     tier = TIERS[tier_name]
@@ -259,14 +264,10 @@ def command(tier_name: str, method: str, env: str, seed: int, extra: list[str]) 
         f"hydra.run.dir={directory}",
         # One thread per run (docs/benchmarks.md): runs go two at a time on two cores, and a
         # second OpenMP thread per run oversubscribes them (spin-waits cost ~10x per update).
-        *(() if any(a.startswith("threads=") for a in extra) else ("threads=1",)),
+        *_unless_given(extra, "threads", 1),
         # A checkpoint at every evaluation (the scripts' default is every 50k frames): a stopped
         # run that never got its own checkpoint out loses one evaluation interval, not an hour.
-        *(
-            ()
-            if any(a.startswith("checkpoint.interval_frames=") for a in extra)
-            else (f"checkpoint.interval_frames={tier.eval_interval}",)
-        ),
+        *_unless_given(extra, "checkpoint.interval_frames", tier.eval_interval),
         *extra,
     ]
     if (run_dir(tier_name, method, env, seed) / "latest_checkpoint.txt").exists():
