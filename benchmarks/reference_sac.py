@@ -83,13 +83,22 @@ class Actor(nn.Module):
 class SAC:
     """Twin-critic SAC with a tuned temperature (the version without a value network)."""
 
-    def __init__(self, env: gym.Env, lr: float = 3e-4, gamma: float = 0.99, tau: float = 0.005):
+    def __init__(
+        self,
+        env: gym.Env,
+        lr: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        fixed_alpha: float | None = None,
+    ) -> None:
         obs_dim = env.observation_space.shape[0]
         act_dim = env.action_space.shape[0]
         self.actor = Actor(obs_dim, env.action_space.low, env.action_space.high)
         self.critics = nn.ModuleList([mlp(obs_dim + act_dim, 1) for _ in range(2)])
         self.targets = copy.deepcopy(self.critics).requires_grad_(False)
-        self.log_alpha = torch.zeros((), requires_grad=True)
+        # Tuned from 1 unless fixed (some published SACs fix it, e.g. at 0.2).
+        start = 0.0 if fixed_alpha is None else math.log(fixed_alpha)
+        self.log_alpha = torch.tensor(start, requires_grad=fixed_alpha is None)
         self.target_entropy = -float(act_dim)
         self.gamma, self.tau = gamma, tau
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
@@ -128,10 +137,11 @@ class SAC:
         actor_loss.backward()  # critics' grads are left over; critic_opt zeroes them first
         self.actor_opt.step()
 
-        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-        self.alpha_opt.zero_grad()
-        alpha_loss.backward()
-        self.alpha_opt.step()
+        if self.log_alpha.requires_grad:
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad()
+            alpha_loss.backward()
+            self.alpha_opt.step()
 
         with torch.no_grad():
             for p, tp in zip(self.critics.parameters(), self.targets.parameters(), strict=True):
@@ -156,12 +166,23 @@ def evaluate(actor: Actor, env_id: str, seed: int, episodes: int = 10) -> float:
     return float(np.mean(returns))
 
 
+#: Our recipes' values; a run that changes one is named by it.
+DEFAULTS = {"lr": 3e-4, "fixed_alpha": None, "random_frames": 5_000, "batch_size": 256}
+
+
+def variant_name(args: argparse.Namespace) -> str:
+    """``step`` or ``batch``, then each hyperparameter that differs from our recipes',
+    e.g. ``step_fixed_alpha0.2_lr0.001``."""
+    changed = [f"{k}{getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
+    return "_".join([args.schedule, *changed])
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     env = gym.make(args.env)
     env.action_space.seed(args.seed)
-    sac = SAC(env)
+    sac = SAC(env, lr=args.lr, fixed_alpha=args.fixed_alpha)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     size = args.frames
     buf_obs = np.zeros((size, obs_dim), np.float32)
@@ -203,6 +224,13 @@ def train(args: argparse.Namespace) -> dict:
         "env": args.env,
         "seed": args.seed,
         "schedule": args.schedule,
+        "variant": variant_name(args),
+        "hyperparameters": {
+            "lr": args.lr,
+            "fixed_alpha": args.fixed_alpha,
+            "random_frames": args.random_frames,
+            "batch_size": args.batch_size,
+        },
         "frames": args.frames,
         "eval_history": history,
         "updates": len(stats),
@@ -214,7 +242,7 @@ def train(args: argparse.Namespace) -> dict:
             "mujoco": __import__("mujoco").__version__,
         },
         "command": "python benchmarks/reference_sac.py "
-        f"--env {args.env} --seed {args.seed} --schedule {args.schedule} --frames {args.frames}",
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
     }
 
 
@@ -224,17 +252,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--schedule", choices=("step", "batch"), default="step")
     parser.add_argument("--frames", type=int, default=100_000)
-    parser.add_argument("--random-frames", type=int, default=5_000)
+    parser.add_argument("--random-frames", type=int, default=DEFAULTS["random_frames"])
     parser.add_argument("--batch-frames", type=int, default=1_000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument("--eval-interval", type=int, default=10_000)
+    parser.add_argument(
+        "--lr", type=float, default=DEFAULTS["lr"], help="actor, critics, temperature"
+    )
+    parser.add_argument("--fixed-alpha", type=float, default=None, help="default: tuned from 1")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     result = train(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{args.env}_{args.schedule}_seed{args.seed}.json"
+    path = RESULTS / f"{args.env}_{variant_name(args)}_seed{args.seed}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     logger.info("wrote %s", path)
 

@@ -70,9 +70,22 @@ def test_schedules_make_one_update_per_frame_after_the_random_frames(
         batch_frames=100,
         batch_size=32,
         eval_interval=300,
+        lr=3e-4,
+        fixed_alpha=None,
     )
     result = reference_sac.train(args)
     assert result["updates"] == updates
     assert [e["frames"] for e in result["eval_history"]] == [300, 600]
     assert all(np.isfinite(e["eval_return"]) for e in result["eval_history"])
+    assert result["variant"] == f"{schedule}_random_frames200_batch_size32"
     json.dumps(result)  # what main() writes
+
+
+def test_a_fixed_temperature_stays_where_it_was_set() -> None:
+    torch.manual_seed(0)
+    sac = reference_sac.SAC(gym.make("Pendulum-v1"), fixed_alpha=0.2)
+    batch = (torch.randn(16, 3), torch.rand(16, 1), torch.randn(16), torch.randn(16, 3))
+    for _ in range(3):
+        stats = sac.update(*batch, torch.zeros(16))
+    assert stats["alpha"] == pytest.approx(0.2)
+    assert sac.log_alpha.exp().item() == pytest.approx(0.2)
