@@ -172,9 +172,9 @@ DEFAULTS = {"lr": 3e-4, "fixed_alpha": None, "random_frames": 5_000, "batch_size
 
 def variant_name(args: argparse.Namespace) -> str:
     """``step`` or ``batch``, then each hyperparameter that differs from our recipes',
-    e.g. ``step_fixed_alpha0.2_lr0.001``."""
+    e.g. ``step_fixed_alpha0.2_lr0.001``, and ``--tag`` if given (say, another MuJoCo)."""
     changed = [f"{k}{getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
-    return "_".join([args.schedule, *changed])
+    return "_".join([args.schedule, *changed, *([args.tag] if args.tag else [])])
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -261,6 +261,9 @@ def main() -> None:
     )
     parser.add_argument("--fixed-alpha", type=float, default=None, help="default: tuned from 1")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--tag", default="", help="appended to the result's name, e.g. what differs outside it"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

@@ -72,6 +72,7 @@ def test_schedules_make_one_update_per_frame_after_the_random_frames(
         eval_interval=300,
         lr=3e-4,
         fixed_alpha=None,
+        tag="",
     )
     result = reference_sac.train(args)
     assert result["updates"] == updates
