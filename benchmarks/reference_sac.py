@@ -36,6 +36,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
@@ -131,11 +132,15 @@ class SAC:
         self.critic_opt.step()
 
         new_act, logp = self.actor(obs)
+        # The actor's gradient flows through the critics to the action, not into their weights:
+        # freezing them skips computing critic gradients that would only be discarded.
+        self.critics.requires_grad_(False)
         q = self._q(self.critics, obs, new_act).min(0).values
         actor_loss = (alpha * logp - q).mean()
         self.actor_opt.zero_grad()
-        actor_loss.backward()  # critics' grads are left over; critic_opt zeroes them first
+        actor_loss.backward()
         self.actor_opt.step()
+        self.critics.requires_grad_(True)
 
         if self.log_alpha.requires_grad:
             alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
@@ -166,8 +171,20 @@ def evaluate(actor: Actor, env_id: str, seed: int, episodes: int = 10) -> float:
     return float(np.mean(returns))
 
 
+def _recipe_defaults() -> dict:
+    """The recipes' own values (read from their config files, so they cannot drift apart)."""
+    config = Path(__file__).parents[1] / "torchrl_mcmc" / "recipes" / "config"
+    common, sac = (OmegaConf.load(config / f"{name}.yaml") for name in ("common", "sac"))
+    return {
+        "lr": common.optim.lr,
+        "fixed_alpha": sac.sac.alpha_init if sac.sac.fixed_alpha else None,
+        "random_frames": common.collector.init_random_frames,
+        "batch_size": common.replay.batch_size,
+    }
+
+
 #: Our recipes' values; a run that changes one is named by it.
-DEFAULTS = {"lr": 3e-4, "fixed_alpha": None, "random_frames": 5_000, "batch_size": 256}
+DEFAULTS = _recipe_defaults()
 
 
 def variant_name(args: argparse.Namespace) -> str:
