@@ -82,6 +82,7 @@ from omegaconf import DictConfig
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import LossModule, SACLoss, TD3Loss
 
+from benchmarks.learning import VARIANTS
 from torchrl_mcmc.objectives.common import MCMCPolicyLoss
 from torchrl_mcmc.recipes import (
     CONFIG_DIR,
@@ -120,39 +121,32 @@ PROTOCOL = {
     "td3.policy_delay": 1,  # TD3 and LD-TD3: every update moves actor and targets
 }
 
-#: HMC-SAC configurations: every option that differs between them, named in each.
-_EXACT = {
-    "hmc.prior": "policy",
-    "hmc.update_mode": "alternating",
-    "hmc.next_action": "chain",
-    "hmc.potential_critic": "min",
-    "hmc.h_update_interval": 1,
-}
-_ENTROPY_FAST = {
-    **_EXACT,
-    "hmc.prior": "uniform",
-    "hmc.update_mode": "joint",
-    "hmc.next_action": "base",
-    "hmc.potential_critic": "first",
-}
-HMC_CONFIGURATIONS: dict[str, dict[str, Any]] = {
-    "exact_alternating": _EXACT,
-    "exact_joint": {**_EXACT, "hmc.update_mode": "joint"},
-    "potential_first": {**_EXACT, "hmc.potential_critic": "first"},
-    "next_base": {**_EXACT, "hmc.next_action": "base"},
-    "h_every_2": {**_EXACT, "hmc.h_update_interval": 2},
-    "entropy": {**_EXACT, "hmc.prior": "uniform"},
-    "entropy_fast": _ENTROPY_FAST,
-    # entropy_fast with a lower confidence bound over the twins in the potential and the
-    # objective (mean - 2 std): both critics in every leapfrog step.
-    "entropy_lcb": {**_ENTROPY_FAST, "hmc.potential_critic": "mean_std", "hmc.pessimism": 2.0},
-}
-#: The same configurations in the learning benchmark's screening (benchmarks/learning.py).
+#: The learning benchmark's screening variants timed here, under this benchmark's names.
 SCREENING_VARIANTS = {
     "exact_alternating": "hmc_sac_paper",
     "entropy": "hmc_sac_ent",
     "entropy_fast": "hmc_sac_ent_fast",
     "entropy_lcb": "hmc_sac_ent_lcb",
+}
+
+
+def _screened(variant: str) -> dict[str, Any]:
+    """A screening variant's overrides (``benchmarks/learning.py``'s ``VARIANTS``, which name
+    every option that differs between them) as settings, with the h-update interval pinned."""
+    script, overrides = VARIANTS[variant]
+    if script != "hmc_sac":
+        raise ValueError(f"variant {variant!r} runs {script!r}; only hmc_sac's are timed here")
+    return {"hmc.h_update_interval": 1, **dict(o.split("=", 1) for o in overrides)}
+
+
+_EXACT = _screened(SCREENING_VARIANTS["exact_alternating"])
+#: HMC-SAC configurations: the screening variants, and single changes of the paper's one.
+HMC_CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    **{name: _screened(variant) for name, variant in SCREENING_VARIANTS.items()},
+    "exact_joint": {**_EXACT, "hmc.update_mode": "joint"},
+    "potential_first": {**_EXACT, "hmc.potential_critic": "first"},
+    "next_base": {**_EXACT, "hmc.next_action": "base"},
+    "h_every_2": {**_EXACT, "hmc.h_update_interval": 2},
 }
 
 
