@@ -19,8 +19,10 @@ an environment seeded apart from training.
     python benchmarks/reference_sac.py --env Hopper-v4 --seed 0
     python benchmarks/reference_sac.py --env Hopper-v4 --seed 0 --schedule batch
 
-Writes ``benchmarks/results/reference_sac/<env>_<schedule>_seed<N>.json``: the evaluations,
-the last quarter's temperature and entropy, and the wall-clock time.
+Writes ``benchmarks/results/reference_sac/<env>_<variant>_seed<N>.json`` (the variant names
+what differs from our hyperparameters): the evaluations, the last quarter's temperature and
+entropy, and the wall-clock time. ``--summarize`` trains nothing and writes
+``benchmarks/results/reference_sac.json``: each variant's last evaluations beside ours.
 """
 
 from __future__ import annotations
@@ -259,8 +261,50 @@ def train(args: argparse.Namespace) -> dict:
             "mujoco": __import__("mujoco").__version__,
         },
         "command": "python benchmarks/reference_sac.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v not in (None, "") and k != "summarize"
+        ),
     }
+
+
+def summarize(results: Path = RESULTS, reps: int = 10_000) -> dict:
+    """Every result file's last evaluation, grouped by environment and variant, beside our
+    hyperparameters' (variant ``step``): the mean, its spread, and the difference of means
+    with a 95% bootstrap interval (each group's seeds resampled on their own)."""
+    groups: dict[str, dict[str, dict[int, float]]] = {}
+    for path in sorted(results.glob("*.json")):
+        run = json.loads(path.read_text())
+        variant = run.get("variant", run["schedule"])  # the script's first files lack it
+        last = run["eval_history"][-1]
+        if last["frames"] == run["frames"]:
+            groups.setdefault(run["env"], {}).setdefault(variant, {})[run["seed"]] = last[
+                "eval_return"
+            ]
+    rng = np.random.default_rng(0)
+    summary: dict[str, dict] = {}
+    for env, variants in groups.items():
+        ours = np.array(list(variants.get("step", {}).values()))
+        summary[env] = {}
+        for variant, by_seed in sorted(variants.items()):
+            scores = np.array(list(by_seed.values()))
+            row = {
+                "seeds": sorted(by_seed),
+                "last_evaluation": [by_seed[k] for k in sorted(by_seed)],
+                "mean": float(scores.mean()),
+                "std": float(scores.std(ddof=1)) if len(scores) > 1 else None,
+            }
+            if variant != "step" and len(scores) > 1 and len(ours) > 1:
+                diffs = rng.choice(scores, (reps, len(scores))).mean(1) - rng.choice(
+                    ours, (reps, len(ours))
+                ).mean(1)
+                row["minus_ours"] = {
+                    "mean": float(scores.mean() - ours.mean()),
+                    "ci95": [float(q) for q in np.quantile(diffs, [0.025, 0.975])],
+                }
+            summary[env][variant] = row
+    return summary
 
 
 def main() -> None:
@@ -281,8 +325,18 @@ def main() -> None:
     parser.add_argument(
         "--tag", default="", help="appended to the result's name, e.g. what differs outside it"
     )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="train nothing: write the result files' summary to reference_sac.json",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.summarize:
+        path = RESULTS.parent / "reference_sac.json"
+        path.write_text(json.dumps(summarize(), indent=1) + "\n")
+        logger.info("wrote %s", path)
+        return
     torch.set_num_threads(args.threads)
     result = train(args)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,28 @@ def test_a_fixed_temperature_stays_where_it_was_set() -> None:
         stats = sac.update(*batch, torch.zeros(16))
     assert stats["alpha"] == pytest.approx(0.2)
     assert sac.log_alpha.exp().item() == pytest.approx(0.2)
+
+
+def test_summary_compares_each_variant_with_ours_on_finished_runs_only(tmp_path) -> None:
+    def write(variant: str, seed: int, last: float, frames: int = 100) -> None:
+        history = [{"frames": 50, "eval_return": 0.0}, {"frames": frames, "eval_return": last}]
+        run = {"env": "E", "seed": seed, "schedule": "step", "variant": variant}
+        run |= {"frames": 100, "eval_history": history}
+        (tmp_path / f"E_{variant}_seed{seed}.json").write_text(json.dumps(run))
+
+    for seed, last in enumerate([100.0, 200.0, 300.0]):
+        write("step", seed, last)
+    for seed, last in enumerate([1000.0, 3000.0]):
+        write("step_lr0.001", seed, last)
+    write("step_lr0.001", 2, 5.0, frames=50)  # interrupted: its last evaluation is not at 100
+    summary = reference_sac.summarize(tmp_path, reps=2000)["E"]
+    assert summary["step"]["last_evaluation"] == [100.0, 200.0, 300.0]
+    assert summary["step"]["mean"] == pytest.approx(200.0)
+    assert summary["step"]["std"] == pytest.approx(100.0)
+    assert "minus_ours" not in summary["step"]
+    other = summary["step_lr0.001"]
+    assert other["seeds"] == [0, 1] and other["mean"] == pytest.approx(2000.0)
+    assert other["minus_ours"]["mean"] == pytest.approx(1800.0)
+    low, high = other["minus_ours"]["ci95"]
+    # Resampled means: ours within [100, 300], theirs within [1000, 3000].
+    assert 700.0 <= low < 1800.0 < high <= 2900.0
