@@ -276,10 +276,9 @@ def summarize(results: Path = RESULTS, reps: int = 10_000) -> dict:
     groups: dict[str, dict[str, dict[int, float]]] = {}
     for path in sorted(results.glob("*.json")):
         run = json.loads(path.read_text())
-        variant = run.get("variant", run["schedule"])  # the script's first files lack it
         last = run["eval_history"][-1]
         if last["frames"] == run["frames"]:
-            groups.setdefault(run["env"], {}).setdefault(variant, {})[run["seed"]] = last[
+            groups.setdefault(run["env"], {}).setdefault(run["variant"], {})[run["seed"]] = last[
                 "eval_return"
             ]
     rng = np.random.default_rng(0)
