@@ -211,6 +211,16 @@ TIERS = {
         eval_interval=10_000,
         compare_with=(("M", "sac"),),
     ),
+    # Tier M's baseline check on Hopper, where its three seeds sit below the published SAC:
+    # the same SAC on two more seeds, read with tier M's, to tell seed luck from a lag.
+    "MS": Tier(
+        envs=("Hopper-v4",),
+        frames=100_000,
+        seeds=(3, 4),
+        methods=("sac",),
+        eval_interval=10_000,
+        compare_with=(("M", "sac"),),
+    ),
     "L": Tier(
         envs=("Hopper-v4", "HalfCheetah-v4", "Ant-v4"),
         frames=500_000,
