@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 
 import gymnasium as gym
@@ -115,3 +116,23 @@ def test_summary_compares_each_variant_with_ours_on_finished_runs_only(tmp_path)
     low, high = other["minus_ours"]["ci95"]
     # Resampled means: ours within [100, 300], theirs within [1000, 3000].
     assert 700.0 <= low < 1800.0 < high <= 2900.0
+
+
+def test_defaults_are_what_the_sac_recipe_composes() -> None:
+    # The reference reads the config files directly (it must not import the package it checks);
+    # Hydra's composition, with every override a recipe file makes, must agree with it.
+    from torchrl_mcmc.recipes import compose_config
+
+    cfg = compose_config("sac", [])
+    assert {
+        "lr": cfg.optim.lr,
+        "fixed_alpha": cfg.sac.alpha_init if cfg.sac.fixed_alpha else None,
+        "random_frames": cfg.collector.init_random_frames,
+        "batch_size": cfg.replay.batch_size,
+    } == reference_sac.DEFAULTS
+    # The values the reference fixes in its signatures are the recipes' too.
+    sac_defaults = inspect.signature(reference_sac.SAC).parameters
+    assert sac_defaults["gamma"].default == cfg.optim.gamma
+    assert sac_defaults["tau"].default == pytest.approx(1 - cfg.optim.polyak)
+    hidden = inspect.signature(reference_sac.mlp).parameters["hidden"].default
+    assert list(cfg.network.hidden) == [hidden, hidden] and cfg.network.activation == "relu"
