@@ -49,7 +49,8 @@ class Tier:
     #: Hydra overrides every run of the tier shares (same for method and baseline).
     overrides: tuple[str, ...] = ()
     #: ``(tier, method)``: another tier's finished runs of the same protocol, aggregated here
-    #: as ``"<method> (<tier>)"`` over this tier's first ``frames`` only (none are run).
+    #: as ``"<method> (<tier>)"`` over this tier's first ``frames`` only (none are run). Where
+    #: this tier runs the same method on other seeds, ``"<method> (<this> + <tier>)"`` pools both.
     compare_with: tuple[tuple[str, str], ...] = ()
 
 
@@ -424,11 +425,18 @@ def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
         if path.exists():
             summary = json.loads(path.read_text())
             results.setdefault((summary["env"], method), []).append(summary)
-    frames = TIERS[tier_name].frames
-    for other, method in TIERS[tier_name].compare_with:
+    tier = TIERS[tier_name]
+    for other, method in tier.compare_with:
         for (env, name), runs in load_results(other).items():
-            if name == method and env in TIERS[tier_name].envs:
-                results[(env, f"{method} ({other})")] = [_truncated(r, frames) for r in runs]
+            if name != method or env not in tier.envs:
+                continue
+            runs = [_truncated(r, tier.frames) for r in runs]
+            results[(env, f"{method} ({other})")] = runs
+            own = results.get((env, method), [])
+            # The same method on other seeds (tier MS's SAC beside tier M's): one row of all
+            # of them, so that a figure over every seed is backed by one aggregate.
+            if own and not {r["seed"] for r in own} & {r["seed"] for r in runs}:
+                results[(env, f"{method} ({tier_name} + {other})")] = own + runs
     for runs in results.values():
         runs.sort(key=lambda s: s["seed"])
     return results
@@ -438,6 +446,8 @@ def _truncated(summary: dict, frames: int) -> dict:
     """A run's summary as if it had stopped at ``frames``: its evaluations up to there, and the
     final score recomputed from them (the mean of the last 3, as every run's)."""
     history = [h for h in summary["eval_history"] if h["frames"] <= frames]
+    if len(history) == len(summary["eval_history"]):
+        return summary  # nothing to cut: its wall time and diagnostics stand
     return {
         **summary,
         "eval_history": history,

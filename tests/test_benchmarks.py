@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,47 @@ def test_a_comparison_tier_reads_the_other_tiers_runs_up_to_its_own_frames(sandb
     assert {m for m, _, _ in learning._grid("MB", None, None, None)} == {"sac_fpb50"}
     # Tier M's own aggregate is untouched by the cut.
     assert learning.load_results("M")[("HalfCheetah-v4", "sac")][0]["frames"] == 100_000
+
+
+def test_a_tier_of_more_seeds_pools_them_with_the_other_tiers_runs(sandbox, monkeypatch) -> None:
+    # Tier MS runs SAC on Hopper seeds 3 and 4; tier M has seeds 0-2 of the same protocol.
+    def write(tier: str, seed: int, last: float) -> None:
+        evals = [100.0 * (i + 1) for i in range(9)] + [last]
+        path = learning.result_path(tier, "sac", "Hopper-v4", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "method": "sac",
+                    "env": "Hopper-v4",
+                    "seed": seed,
+                    "final_return": float(np.mean(evals[-3:])),
+                    "eval_history": [
+                        {"frames": 10_000 * (i + 1), "eval_return": r} for i, r in enumerate(evals)
+                    ],
+                    "frames": 100_000,
+                    "wall_time_s": 1000.0 * (seed + 1),
+                }
+            )
+        )
+
+    for tier, seed, last in (("M", 0, 500.0), ("M", 1, 800.0), ("MS", 3, 2000.0)):
+        write(tier, seed, last)
+    out = learning.aggregate("MS")["results"]["Hopper-v4"]
+    assert set(out) == {"sac", "sac (M)", "sac (MS + M)"}
+    pooled = out["sac (MS + M)"]
+    assert pooled["seeds"] == [0, 1, 3]
+    assert pooled["last_eval_mean"] == pytest.approx((500.0 + 800.0 + 2000.0) / 3)
+    assert pooled["last_eval_std"] == pytest.approx(np.std([500.0, 800.0, 2000.0], ddof=1))
+    assert pooled["final_scores"] == pytest.approx(
+        [(800.0 + 900.0 + last) / 3 for last in (500.0, 800.0, 2000.0)]
+    )
+    # At the same frame count nothing is cut: the other tier's wall times stand.
+    assert pooled["wall_time_s"] == [1000.0, 2000.0, 4000.0]
+    # Overlapping seeds are never pooled (a seed would count twice).
+    monkeypatch.setitem(learning.TIERS, "MS", replace(learning.TIERS["MS"], seeds=(1, 3)))
+    write("MS", 1, 700.0)
+    assert "sac (MS + M)" not in learning.aggregate("MS")["results"]["Hopper-v4"]
 
 
 # ------------------------------------------------------------------ mechanism benchmark
