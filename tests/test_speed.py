@@ -161,7 +161,7 @@ def test_the_device_check_dry_run_writes_a_complete_result(tmp_path: Path) -> No
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=600,  # above the dry run's stage limits together (120 + 300 + 60 s)
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "device check: passed" in done.stdout
