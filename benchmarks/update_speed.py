@@ -77,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from tensordict import TensorDict, TensorDictBase
@@ -136,7 +137,10 @@ def _screened(variant: str) -> dict[str, Any]:
     script, overrides = VARIANTS[variant]
     if script != "hmc_sac":
         raise ValueError(f"variant {variant!r} runs {script!r}; only hmc_sac's are timed here")
-    return {"hmc.h_update_interval": 1, **dict(o.split("=", 1) for o in overrides)}
+    # Values typed as Hydra reads them ("2" a number, "false" a boolean), so that a result
+    # file's settings record numbers, not strings.
+    settings = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
+    return {"hmc.h_update_interval": 1, **settings}
 
 
 _EXACT = _screened(SCREENING_VARIANTS["exact_alternating"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from benchmarks import update_speed
 from torchrl_mcmc.recipes import HMCSAC, LDTD3, SAC, TD3, BestOfNSAC
@@ -199,3 +200,6 @@ def test_each_timed_configuration_is_the_screening_variant_it_names(name) -> Non
     timed = update_speed.compose_config("hmc_sac", update_speed.HMC_CONFIGURATIONS[name])
     assert script == "hmc_sac"
     assert timed.hmc == screened.hmc
+    # The settings a result file records are the composed values, typed ("2.0" would not be).
+    for key, value in update_speed.HMC_CONFIGURATIONS[name].items():
+        assert OmegaConf.select(timed, key) == value, key
