@@ -233,6 +233,9 @@ TIERS = {
 #: The baseline each script is compared with (its variants inherit it): the IQM ratio's
 #: denominator, and a dashed line in the curves.
 BASELINE = {"hmc_sac": "sac", "bon_sac": "sac", "ld_td3": "td3"}
+#: The control at the same critic evaluations per action: a chain's gain counts only against it
+#: (a second IQM ratio, beside the one to the baseline).
+CONTROL = {"hmc_sac": "bon_sac"}
 
 
 def run_dir(tier: str, method: str, env: str, seed: int) -> Path:
@@ -494,23 +497,24 @@ def iqm_ratio_with_ci(
 
 
 def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``)."""
+    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``) and to its
+    control (``CONTROL``), where the tier has them."""
     out: dict[str, dict[str, dict]] = {}
     for env, methods in table.items():
         for method, row in methods.items():
             script = VARIANTS.get(method, (method, ()))[0]
-            base = BASELINE.get(script)
-            if base not in methods:
-                continue
-            ratio = iqm_ratio_with_ci(
-                np.array(row["final_scores"]), np.array(methods[base]["final_scores"])
-            )
-            if ratio is not None:
-                out.setdefault(env, {})[f"{method} / {base}"] = {
-                    "iqm_ratio": ratio[0],
-                    "ci95": [ratio[1], ratio[2]],
-                    "seeds": [len(row["final_scores"]), len(methods[base]["final_scores"])],
-                }
+            for base in (BASELINE.get(script), CONTROL.get(script)):
+                if base not in methods:
+                    continue
+                ratio = iqm_ratio_with_ci(
+                    np.array(row["final_scores"]), np.array(methods[base]["final_scores"])
+                )
+                if ratio is not None:
+                    out.setdefault(env, {})[f"{method} / {base}"] = {
+                        "iqm_ratio": ratio[0],
+                        "ci95": [ratio[1], ratio[2]],
+                        "seeds": [len(row["final_scores"]), len(methods[base]["final_scores"])],
+                    }
     return out
 
 

@@ -179,6 +179,25 @@ def test_iqm_ratio_is_exact_for_scaled_scores_and_absent_for_negative_baselines(
     assert learning.iqm_ratio_with_ci(base, -base) is None  # Pendulum-like returns: no ratio
 
 
+def test_a_chain_is_read_against_its_baseline_and_its_best_of_n_control(sandbox) -> None:
+    finals = {"sac": 1000.0, "bon_sac": 1250.0, "hmc_sac_ent_fast": 1500.0}
+    for method, score in finals.items():
+        for seed in (0, 1):
+            path = learning.result_path("S", method, "Hopper-v4", seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_fake_summary(method, "Hopper-v4", seed, score)))
+    ratios = learning.aggregate("S")["iqm_ratios"]["Hopper-v4"]
+    assert set(ratios) == {
+        "hmc_sac_ent_fast / sac",
+        "hmc_sac_ent_fast / bon_sac",
+        "bon_sac / sac",
+    }
+    assert ratios["hmc_sac_ent_fast / sac"]["iqm_ratio"] == pytest.approx(1.5)
+    assert ratios["hmc_sac_ent_fast / bon_sac"]["iqm_ratio"] == pytest.approx(1.2)
+    assert ratios["hmc_sac_ent_fast / bon_sac"]["ci95"] == pytest.approx([1.2, 1.2])
+    assert ratios["bon_sac / sac"]["seeds"] == [2, 2]
+
+
 def test_a_comparison_tier_reads_the_other_tiers_runs_up_to_its_own_frames(sandbox) -> None:
     # Tier MB (50k frames) compares its runs with tier M's SAC (100k) at the same evaluations.
     evals = [-100.0, 200.0, 900.0, 2000.0, 3000.0, 3500.0, 4000.0, 4400.0, 4600.0, 4800.0]
