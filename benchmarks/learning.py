@@ -200,6 +200,8 @@ TIERS = {
         seeds=(0, 1, 2),
         methods=("sac", "hmc_sac", "bon_sac"),
         eval_interval=10_000,
+        # Tier MS's SAC seeds 3-4 on Hopper: each method's ratio to SAC over five seeds too.
+        compare_with=(("MS", "sac"),),
     ),
     # Tier M's baseline check: does SAC's schedule (1,000 frames collected, then 1,000 updates)
     # hold it below the published SAC? The first 50k frames of tier M's protocol with updates
@@ -422,15 +424,11 @@ def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
     ``config`` records them all), which is its ``method`` too unless it was made before a
     variant got its name: LD-TD3's PID runs made while the PID was the script's default.
     """
-    results: dict[tuple[str, str], list[dict]] = {}
-    for method, env, seed in _grid(tier_name, None, None, None):
-        path = result_path(tier_name, method, env, seed)
-        if path.exists():
-            summary = json.loads(path.read_text())
-            results.setdefault((summary["env"], method), []).append(summary)
+    results = _own_results(tier_name)
     tier = TIERS[tier_name]
     for other, method in tier.compare_with:
-        for (env, name), runs in load_results(other).items():
+        # The other tier's own runs only: two tiers may read each other (M and MS).
+        for (env, name), runs in _own_results(other).items():
             if name != method or env not in tier.envs:
                 continue
             runs = [_truncated(r, tier.frames) for r in runs]
@@ -442,6 +440,17 @@ def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
                 results[(env, f"{method} ({tier_name} + {other})")] = own + runs
     for runs in results.values():
         runs.sort(key=lambda s: s["seed"])
+    return results
+
+
+def _own_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
+    """``{(env, method): [summary, ...]}`` of the tier's own finished runs, in grid order."""
+    results: dict[tuple[str, str], list[dict]] = {}
+    for method, env, seed in _grid(tier_name, None, None, None):
+        path = result_path(tier_name, method, env, seed)
+        if path.exists():
+            summary = json.loads(path.read_text())
+            results.setdefault((summary["env"], method), []).append(summary)
     return results
 
 
@@ -497,13 +506,16 @@ def iqm_ratio_with_ci(
 
 
 def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``) and to its
-    control (``CONTROL``), where the tier has them."""
+    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``), to the
+    baseline pooled over more seeds (``"<baseline> (<tier> + <other>)"``) and to its control
+    (``CONTROL``), where the tier has them."""
     out: dict[str, dict[str, dict]] = {}
     for env, methods in table.items():
         for method, row in methods.items():
             script = VARIANTS.get(method, (method, ()))[0]
-            for base in (BASELINE.get(script), CONTROL.get(script)):
+            baseline = BASELINE.get(script)
+            pooled = [m for m in methods if baseline and _is_pooled(m, baseline)]
+            for base in (baseline, *pooled, CONTROL.get(script)):
                 if base not in methods:
                     continue
                 ratio = iqm_ratio_with_ci(
@@ -516,6 +528,11 @@ def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
                         "seeds": [len(row["final_scores"]), len(methods[base]["final_scores"])],
                     }
     return out
+
+
+def _is_pooled(name: str, method: str) -> bool:
+    """Whether ``name`` is the row that pools ``method``'s runs over two tiers."""
+    return name.startswith(f"{method} (") and " + " in name
 
 
 def aggregate(tier_name: str) -> dict:
@@ -630,13 +647,20 @@ def plot_curves(tier_name: str, env: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (run_env, method), runs in sorted(load_results(tier_name).items()):
-        if run_env != env:
+    results = load_results(tier_name)
+    # The other tier's part of a pooled row is drawn in the pooled line.
+    drawn_pooled = {
+        f"{method} ({other})"
+        for other, method in TIERS[tier_name].compare_with
+        if (env, f"{method} ({tier_name} + {other})") in results
+    }
+    for (run_env, method), runs in sorted(results.items()):
+        if run_env != env or method in drawn_pooled:
             continue
         frames = sorted({h["frames"] for r in runs for h in r["eval_history"]})
         curves = np.array([[_at(r["eval_history"], f) for f in frames] for r in runs], dtype=float)
         mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
-        line = "--" if method in BASELINE.values() else "-"
+        line = "--" if method.split(" (")[0] in BASELINE.values() else "-"
         ax.plot(frames, mean, line, label=f"{method} (n={len(runs)})")
         ax.fill_between(frames, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("environment frames")

@@ -268,6 +268,51 @@ def test_a_tier_of_more_seeds_pools_them_with_the_other_tiers_runs(sandbox, monk
     assert "sac (MS + M)" not in learning.aggregate("MS")["results"]["Hopper-v4"]
 
 
+def test_a_tier_reads_its_methods_against_the_baseline_pooled_over_more_seeds(sandbox) -> None:
+    # Tier M reads tier MS's SAC seeds, and MS reads M's: neither recurses into the other.
+    def write(tier: str, method: str, seed: int, final: float) -> None:
+        path = learning.result_path(tier, method, "Hopper-v4", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        history = [{"frames": 10_000 * (i + 1), "eval_return": final} for i in range(10)]
+        path.write_text(
+            json.dumps(
+                {
+                    "method": method,
+                    "env": "Hopper-v4",
+                    "seed": seed,
+                    "final_return": final,
+                    "eval_history": history,
+                    "frames": 100_000,
+                    "wall_time_s": 1000.0,
+                }
+            )
+        )
+
+    for tier, method, seed, final in (
+        ("M", "sac", 0, 400.0),
+        ("M", "sac", 1, 600.0),
+        ("MS", "sac", 3, 1400.0),
+        ("M", "hmc_sac", 0, 900.0),
+        ("M", "hmc_sac", 1, 1500.0),
+    ):
+        write(tier, method, seed, final)
+    out = learning.aggregate("M")
+    assert set(out["results"]["Hopper-v4"]) == {"sac", "hmc_sac", "sac (MS)", "sac (M + MS)"}
+    ratios = out["iqm_ratios"]["Hopper-v4"]
+    # The IQM of two or three runs is their mean (nothing is trimmed).
+    assert ratios["hmc_sac / sac"]["iqm_ratio"] == pytest.approx(1200.0 / 500.0)
+    pooled = ratios["hmc_sac / sac (M + MS)"]
+    assert pooled["iqm_ratio"] == pytest.approx(1200.0 / 800.0)
+    assert pooled["seeds"] == [2, 3]
+    # The baseline is never divided by itself or by its own pooled row.
+    assert not [name for name in ratios if name.startswith("sac")]
+    assert set(learning.aggregate("MS")["results"]["Hopper-v4"]) == {
+        "sac",
+        "sac (M)",
+        "sac (MS + M)",
+    }
+
+
 # ------------------------------------------------------------------ mechanism benchmark
 def test_mechanism_log_partition_and_posterior_regret_match_monte_carlo() -> None:
     import torch
