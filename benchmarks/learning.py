@@ -649,13 +649,13 @@ def plot_curves(tier_name: str, env: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     results = load_results(tier_name)
     # The other tier's part of a pooled row is drawn in the pooled line.
-    drawn_pooled = {
+    parts_of_pooled = {
         f"{method} ({other})"
         for other, method in TIERS[tier_name].compare_with
         if (env, f"{method} ({tier_name} + {other})") in results
     }
     for (run_env, method), runs in sorted(results.items()):
-        if run_env != env or method in drawn_pooled:
+        if run_env != env or method in parts_of_pooled:
             continue
         frames = sorted({h["frames"] for r in runs for h in r["eval_history"]})
         curves = np.array([[_at(r["eval_history"], f) for f in frames] for r in runs], dtype=float)
