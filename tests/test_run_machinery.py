@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensordict.nn import TensorDictModule
 
-from torchrl_mcmc.recipes import CONFIG_DIR, HMCSAC, LDTD3, SAC, TD3, BestOfNSAC, compose_config
+from torchrl_mcmc.recipes import (
+    CONFIG_DIR,
+    HMCSAC,
+    LDTD3,
+    SAC,
+    TD3,
+    BestOfNSAC,
+    compose_config,
+    train,
+)
+from torchrl_mcmc.recipes import run as run_module
 from torchrl_mcmc.recipes.checkpoint import (
     CHECKPOINT_POINTER,
     CheckpointError,
@@ -312,3 +325,35 @@ def test_batched_evaluation_counts_each_episode_once_as_one_by_one_rollouts_do()
         env.close()
     assert len(set(lengths)) > 1, f"the episodes must end at different steps: {lengths}"
     assert value == pytest.approx(sum(returns) / len(returns), rel=1e-5)
+
+
+def test_a_signal_during_the_setup_stops_the_run_at_its_start_and_the_run_resumes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The setup (method, buffer, collector, evaluation env) takes tens of seconds on a busy
+    # machine, after the run directory exists: a scheduler's SIGTERM then must not kill the run.
+    def make_collector_then_signal(*args, **kwargs):
+        collector = make_collector(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return collector
+
+    overrides = ["preset=smoke", "env=Pendulum-v1", f"run_root={tmp_path}"]
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(run_module, "make_collector", make_collector_then_signal)
+    assert train(compose_config("sac", overrides), SAC) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's handler is gone
+    (run_dir,) = sorted(p.parent for p in tmp_path.rglob("config.yaml"))
+    assert not (run_dir / "summary.json").exists()
+    (checkpoint,) = (run_dir / "checkpoints").iterdir()
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["frames"] == 0 and state["progress"]["updates"] == 0  # stopped before a batch
+
+    # Stopped again during a resume's setup: the checkpoint it resumed from stays the only one.
+    resume = [*overrides, f"resume={run_dir}"]
+    assert train(compose_config("sac", resume), SAC) == 128 + signal.SIGTERM
+    assert list((run_dir / "checkpoints").iterdir()) == [checkpoint]
+
+    monkeypatch.setattr(run_module, "make_collector", make_collector)
+    assert train(compose_config("sac", resume), SAC) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"] == compose_config("sac", overrides).collector.total_frames

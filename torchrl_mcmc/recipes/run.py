@@ -51,7 +51,7 @@ from torchrl_mcmc.recipes.factories import (
 from torchrl_mcmc.recipes.logs import console_logs_above, make_metrics_logger
 from torchrl_mcmc.recipes.methods.base import Method
 from torchrl_mcmc.recipes.provenance import provenance
-from torchrl_mcmc.recipes.run_dir import open_run
+from torchrl_mcmc.recipes.run_dir import OpenRun, open_run
 from torchrl_mcmc.recipes.signals import StopRequests
 
 if TYPE_CHECKING:
@@ -83,10 +83,11 @@ class Run:
     checked, then a new run directory, or the resumed one with its checkpoint) and builds, in
     this order and seeded, the method, the replay buffer (a resume's restored with the method
     and the RNGs), the metrics logger, the collector of the frames left and the evaluation
-    environment; SIGINT and SIGTERM then only ask the loop to stop (:attr:`stop_requested`).
-    Leaving it closes them; after a loop that ran out of frames or stopped on a signal it writes
-    the final checkpoint (unless one of that state was just written), and after a complete run
-    ``summary.json`` (and ``episode.gif`` with ``eval.video``).
+    environment. Once the run directory exists, SIGINT and SIGTERM only ask the loop to stop
+    (:attr:`stop_requested`); one that comes during the setup stops the run before its first
+    batch. Leaving it closes them; after a loop that ran out of frames or stopped on a signal it
+    writes the final checkpoint (unless one of that state was just written or resumed from), and
+    after a complete run ``summary.json`` (and ``episode.gif`` with ``eval.video``).
 
     A run that cannot start (a bad value or ``resume=``: the error is logged and
     :attr:`exit_code` is 2, nothing is created) or has no frames left collects nothing:
@@ -158,9 +159,20 @@ class Run:
             logger.error("%s", err)
             self.exit_code = 2
             return self
-        cfg = self.cfg = opened.cfg
+        self.cfg = opened.cfg
         self.path = opened.path
+        # From here on the run directory exists: a signal during the setup (which takes tens of
+        # seconds on a busy machine) asks for a stop too, instead of killing the run half-made.
+        self._stack.enter_context(self._stop)
+        try:
+            return self._build(opened)
+        except BaseException:
+            self._stack.close()  # the `with` block never starts: put the handlers back here
+            raise
 
+    def _build(self, opened: OpenRun) -> Run:
+        """Builds what the loop uses (:meth:`__enter__`, once the run directory is open)."""
+        cfg = self.cfg
         set_threads(cfg.threads)
         set_seeds(cfg.seed)
         device = resolve_device(cfg.device)
@@ -201,14 +213,13 @@ class Run:
             unit="frames",
             dynamic_ncols=True,
         )
-        self._stack.enter_context(self._stop)
         self._stack.enter_context(console_logs_above(self._bar))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._stack.close()  # console lines as before, and the signals' own handlers
         if self.collector is None:
             return
-        self._stack.close()  # console lines as before, and the signals' own handlers
         self._bar.close()
         self.collector.shutdown()
         self._eval_env.close()
@@ -233,6 +244,7 @@ class Run:
             self.buffer.load_state_dict(state["replay"])
         set_rng_state(state["rng"])
         self.progress = Progress(**state["progress"])
+        self._checkpointed_at = self.progress.frames  # that checkpoint holds this state already
         logger.info("resumed at %d frames, %d updates", self.progress.frames, self.progress.updates)
 
     # ------------------------------------------------------------------ the loop's pieces
@@ -240,8 +252,8 @@ class Run:
         """The collector's batches (one batch is one policy iteration), each counted in
         :attr:`progress` and the mean return of the episodes it finished noted for :meth:`log`.
         No batch when the run cannot start or has no frames left."""
-        if self.collector is None:
-            return
+        if self.collector is None or self.stop_requested:
+            return  # nothing to do, or a signal during the setup: leaving checkpoints the start
         for batch in self.collector:
             self._batch_frames = batch.numel()
             self.progress.frames += self._batch_frames
