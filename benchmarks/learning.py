@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -309,62 +310,104 @@ def _grid(tier_name: str, methods, envs, seeds):
 
 def run_grid(args: argparse.Namespace) -> int:
     failures = 0
-    for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
-        status = _status(args.tier, method, env, seed)
-        if status == "finished":
-            logger.info("skip %s %s seed %d: finished", method, env, seed)
-            continue
-        directory = run_dir(args.tier, method, env, seed)
-        if status == "pending" and directory.exists():
-            shutil.rmtree(directory)  # started but never checkpointed: nothing to keep
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        cmd = command(args.tier, method, env, seed, args.overrides)
-        logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
-        started = time.monotonic()
-        with open(directory.parent / f"seed{seed}.log", "a") as log:
-            code, stopped = _run_child([sys.executable, *cmd[1:]], log)
-        if stopped:
-            # 128 + N is the run's own exit after its checkpoint; anything else (a second,
-            # direct signal kills it: exit -N) left no checkpoint of this stop.
-            saved = code == 128 + stopped
-            logger.warning(
-                "stopped by %s: %s %s seed %d %s (exit %d); run the grid again to continue",
-                signal.Signals(stopped).name,
-                method,
-                env,
-                seed,
-                "checkpointed" if saved else "stopped before writing a checkpoint",
-                code,
-            )
-            return 128 + stopped
-        if code != 0 or not (directory / "summary.json").exists():
-            logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
-            failures += 1
-            continue
-        _collect(args.tier, method, env, seed)
-        logger.info("done in %.0f s", time.monotonic() - started)
+    with _GridStop() as stop:
+        for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
+            status = _status(args.tier, method, env, seed)
+            if status == "finished":
+                logger.info("skip %s %s seed %d: finished", method, env, seed)
+                continue
+            if stop.signum is not None:
+                # Came between two runs (while one was collected, say): start no other.
+                logger.warning(
+                    "stopped by %s before %s %s seed %d; run the grid again to continue",
+                    signal.Signals(stop.signum).name,
+                    method,
+                    env,
+                    seed,
+                )
+                return 128 + stop.signum
+            directory = run_dir(args.tier, method, env, seed)
+            if status == "pending" and directory.exists():
+                shutil.rmtree(directory)  # started but never checkpointed: nothing to keep
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            cmd = command(args.tier, method, env, seed, args.overrides)
+            logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
+            started = time.monotonic()
+            with open(directory.parent / f"seed{seed}.log", "a") as log:
+                code, stopped = _run_child([sys.executable, *cmd[1:]], log, stop)
+            if stopped:
+                # 128 + N is the run's own exit after its checkpoint; anything else (a second,
+                # direct signal kills it: exit -N) left no checkpoint of this stop.
+                saved = code == 128 + stopped
+                logger.warning(
+                    "stopped by %s: %s %s seed %d %s (exit %d); run the grid again to continue",
+                    signal.Signals(stopped).name,
+                    method,
+                    env,
+                    seed,
+                    "checkpointed" if saved else "stopped before writing a checkpoint",
+                    code,
+                )
+                return 128 + stopped
+            if code != 0 or not (directory / "summary.json").exists():
+                logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
+                failures += 1
+                continue
+            _collect(args.tier, method, env, seed)
+            logger.info("done in %.0f s", time.monotonic() - started)
     return 1 if failures else 0
 
 
-def _run_child(cmd: list[str], log) -> tuple[int, int | None]:
-    """Runs one training process; returns its exit code and the signal that stopped the grid.
+class _GridStop:
+    """SIGINT and SIGTERM to the grid, for as long as it runs: the first is passed on to the
+    run in progress, once (it then finishes its iteration, writes a checkpoint and exits), and
+    the grid starts no further run. Held for the whole grid, not per run, so that a signal
+    between two runs stops the grid instead of killing it while it copies a result or after it
+    has started the next run in a session of its own, where nothing would stop that run."""
 
-    A SIGINT or SIGTERM to the grid is passed on to the run once, which then finishes its
-    iteration, writes a checkpoint and exits; the grid stops after it. The run gets its own
-    session, so a terminal's Ctrl-C reaches it only through this forwarding: a second,
-    direct signal would make it stop without its checkpoint.
+    def __init__(self) -> None:
+        #: The first signal received, ``None`` until one is.
+        self.signum: int | None = None
+        self._child: subprocess.Popen | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _GridStop:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self._forward()
+
+    def _forward(self) -> None:
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(self.signum)
+
+    def watch(self, proc: subprocess.Popen | None) -> None:
+        """The run the first signal goes to (``None``: no run in progress); a signal that came
+        just before it started is passed on now."""
+        self._child = proc
+        if proc is not None and self.signum is not None:
+            self._forward()
+
+
+def _run_child(cmd: list[str], log, stop: _GridStop) -> tuple[int, int | None]:
+    """Runs one training process under the grid's ``stop``; returns its exit code and the
+    signal that stopped the grid (``None`` if none did).
+
+    The run gets its own session, so a terminal's Ctrl-C reaches it only through ``stop``: a
+    second, direct signal would make it stop without its checkpoint.
     """
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
     )
-    stopped: list[int] = []
-
-    def forward(signum: int, frame) -> None:
-        if not stopped and proc.poll() is None:
-            proc.send_signal(signum)
-        stopped.append(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop.watch(proc)
     try:
         while True:
             try:
@@ -375,9 +418,8 @@ def _run_child(cmd: list[str], log) -> tuple[int, int | None]:
             except subprocess.TimeoutExpired:
                 continue
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return code, (stopped[0] if stopped else None)
+        stop.watch(None)
+    return code, stop.signum
 
 
 def _collect(tier_name: str, method: str, env: str, seed: int) -> None:
@@ -432,12 +474,12 @@ def load_results(tier_name: str) -> dict[tuple[str, str], list[dict]]:
             if name != method or env not in tier.envs:
                 continue
             runs = [_truncated(r, tier.frames) for r in runs]
-            results[(env, f"{method} ({other})")] = runs
+            results[(env, _read_name(method, other))] = runs
             own = results.get((env, method), [])
             # The same method on other seeds (tier MS's SAC beside tier M's): one row of all
             # of them, so that a figure over every seed is backed by one aggregate.
             if own and not {r["seed"] for r in own} & {r["seed"] for r in runs}:
-                results[(env, f"{method} ({tier_name} + {other})")] = own + runs
+                results[(env, _pooled_name(method, tier_name, other))] = own + runs
     for runs in results.values():
         runs.sort(key=lambda s: s["seed"])
     return results
@@ -505,16 +547,20 @@ def iqm_ratio_with_ci(
     return float(point["ratio"][0]), float(interval["ratio"][0, 0]), float(interval["ratio"][1, 0])
 
 
-def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+def _ratios(tier_name: str, table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
     """Per env, each method's IQM ratio to its script's baseline (``BASELINE``), to the
-    baseline pooled over more seeds (``"<baseline> (<tier> + <other>)"``) and to its control
-    (``CONTROL``), where the tier has them."""
+    baseline pooled over more seeds (:func:`_pooled_name`) and to its control (``CONTROL``),
+    where the tier has them."""
     out: dict[str, dict[str, dict]] = {}
     for env, methods in table.items():
         for method, row in methods.items():
             script = VARIANTS.get(method, (method, ()))[0]
             baseline = BASELINE.get(script)
-            pooled = [m for m in methods if baseline and _is_pooled(m, baseline)]
+            pooled = [
+                _pooled_name(baseline, tier_name, other)
+                for other, compared in TIERS[tier_name].compare_with
+                if compared == baseline
+            ]
             for base in (baseline, *pooled, CONTROL.get(script)):
                 if base not in methods:
                     continue
@@ -530,9 +576,14 @@ def _ratios(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def _is_pooled(name: str, method: str) -> bool:
-    """Whether ``name`` is the row that pools ``method``'s runs over two tiers."""
-    return name.startswith(f"{method} (") and " + " in name
+def _read_name(method: str, other: str) -> str:
+    """The row of ``method``'s runs that a tier reads from tier ``other``."""
+    return f"{method} ({other})"
+
+
+def _pooled_name(method: str, tier_name: str, other: str) -> str:
+    """The row that pools ``method``'s runs of tier ``tier_name`` with those of ``other``."""
+    return f"{method} ({tier_name} + {other})"
 
 
 def aggregate(tier_name: str) -> dict:
@@ -598,7 +649,7 @@ def aggregate(tier_name: str) -> dict:
         },
         "results": table,
         # Percentile bootstrap over each method's and its baseline's runs, 2000 resamples.
-        "iqm_ratios": _ratios(table),
+        "iqm_ratios": _ratios(tier_name, table),
         "pending": pending,
         "continue_with": f"python benchmarks/learning.py run --tier {tier_name}",
     }
@@ -650,9 +701,9 @@ def plot_curves(tier_name: str, env: str) -> Path:
     results = load_results(tier_name)
     # The other tier's part of a pooled row is drawn in the pooled line.
     parts_of_pooled = {
-        f"{method} ({other})"
+        _read_name(method, other)
         for other, method in TIERS[tier_name].compare_with
-        if (env, f"{method} ({tier_name} + {other})") in results
+        if (env, _pooled_name(method, tier_name, other)) in results
     }
     for (run_env, method), runs in sorted(results.items()):
         if run_env != env or method in parts_of_pooled:

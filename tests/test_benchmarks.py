@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_grid_skips_finished_resumes_partial_and_starts_pending(sandbox, monkeyp
     (partial / "latest_checkpoint.txt").write_text("frames_000000005000.pt")
     calls = []
 
-    def fake_call(cmd, log):
+    def fake_call(cmd, log, stop):
         calls.append(cmd)
         directory = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
         directory.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def test_a_stopped_grid_says_whether_the_run_checkpointed(
     # direct signal exits -N and left none: the grid must not claim it did.
     calls = []
 
-    def fake_call(cmd, log):
+    def fake_call(cmd, log, stop):
         calls.append(cmd)
         return exit_code, signal.SIGTERM
 
@@ -91,6 +92,43 @@ def test_a_stopped_grid_says_whether_the_run_checkpointed(
     assert record.getMessage().endswith(
         f"{says} (exit {exit_code}); run the grid again to continue"
     )
+
+
+def test_a_signal_between_two_runs_stops_the_grid_before_the_next(
+    sandbox, monkeypatch, caplog
+) -> None:
+    # No run is in progress while the grid copies a finished one's results: the signal must
+    # neither kill the grid there nor let it start the next run.
+    calls = []
+
+    def fake_call(cmd, log, stop):
+        calls.append(cmd)
+        directory = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "summary.json").write_text(
+            json.dumps(_fake_summary("sac", "Pendulum-v1", 0, -150.0))
+        )
+        (directory / "config.yaml").write_text("seed: 0\n")
+        return 0, None
+
+    collect = learning._collect
+
+    def collect_then_signal(*args) -> None:
+        collect(*args)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(learning, "_run_child", fake_call)
+    monkeypatch.setattr(learning, "_collect", collect_then_signal)
+    args = learning.argparse.Namespace(
+        tier="Q", methods=["sac"], envs=None, seeds=[0, 1], overrides=[]
+    )
+    handler = signal.getsignal(signal.SIGTERM)
+    with caplog.at_level(logging.WARNING, logger="benchmarks.learning"):
+        assert learning.run_grid(args) == 128 + signal.SIGTERM
+    assert len(calls) == 1
+    assert learning.result_path("Q", "sac", "Pendulum-v1", 0).exists()
+    assert "stopped by SIGTERM before sac Pendulum-v1 seed 1" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
@@ -396,7 +434,10 @@ def test_a_stop_request_reaches_the_run_once_and_stops_the_grid(tmp_path: Path) 
     with open(tmp_path / "log.txt", "w") as log:
         timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
         timer.start()
-        code, stopped = learning._run_child([sys.executable, str(script), str(marker)], log)
+        with learning._GridStop() as stop:
+            code, stopped = learning._run_child(
+                [sys.executable, str(script), str(marker)], log, stop
+            )
     assert stopped == signal.SIGTERM
     assert code == 128 + signal.SIGTERM
     assert marker.read_text() == f"checkpoint on {int(signal.SIGTERM)}\n"  # exactly once
