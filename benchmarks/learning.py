@@ -217,6 +217,17 @@ TIERS = {
     ),
     # Tier M's baseline check on Hopper, where its three seeds sit below the published SAC:
     # the same SAC on two more seeds, read with tier M's, to tell seed luck from a lag.
+    # Tier M's stall (HalfCheetah seed 1: the default's chain grows and climbs the critic's
+    # errors) against tier S's candidate fix, the pessimistic potential: tier M's protocol, read
+    # with tier M's runs. Seed 1 first: the seed it is meant to mend.
+    "MP": Tier(
+        envs=("HalfCheetah-v4", "Hopper-v4"),
+        frames=100_000,
+        seeds=(1, 0, 2),
+        methods=("hmc_sac_ent_lcb",),
+        eval_interval=10_000,
+        compare_with=(("M", "sac"), ("M", "bon_sac"), ("M", "hmc_sac")),
+    ),
     "MS": Tier(
         envs=("Hopper-v4",),
         frames=100_000,
@@ -548,20 +559,23 @@ def iqm_ratio_with_ci(
 
 
 def _ratios(tier_name: str, table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``), to the
-    baseline pooled over more seeds (:func:`_pooled_name`) and to its control (``CONTROL``),
-    where the tier has them."""
+    """Per env, each method's IQM ratio to its script's baseline (``BASELINE``) and to its
+    control (``CONTROL``), where the tier has them: its own runs of them, with the baseline
+    also pooled over more seeds (:func:`_pooled_name`), or else those it reads from another
+    tier (:func:`_read_name`)."""
+    compare_with = TIERS[tier_name].compare_with
     out: dict[str, dict[str, dict]] = {}
     for env, methods in table.items():
         for method, row in methods.items():
             script = VARIANTS.get(method, (method, ()))[0]
-            baseline = BASELINE.get(script)
-            pooled = [
-                _pooled_name(baseline, tier_name, other)
-                for other, compared in TIERS[tier_name].compare_with
-                if compared == baseline
-            ]
-            for base in (baseline, *pooled, CONTROL.get(script)):
+            bases = []
+            for base in (BASELINE.get(script), CONTROL.get(script)):
+                others = [other for other, compared in compare_with if compared == base]
+                if base in methods:
+                    bases += [base, *(_pooled_name(base, tier_name, o) for o in others)]
+                else:
+                    bases += [_read_name(base, other) for other in others]
+            for base in bases:
                 if base not in methods:
                     continue
                 ratio = iqm_ratio_with_ci(

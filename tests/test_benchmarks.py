@@ -351,6 +351,37 @@ def test_a_tier_reads_its_methods_against_the_baseline_pooled_over_more_seeds(sa
     }
 
 
+def test_a_variant_tier_reads_its_runs_against_the_baseline_and_control_it_reads(
+    sandbox,
+) -> None:
+    # Tier MP runs one variant and reads SAC, best-of-N and the default from tier M.
+    for tier, method, seed, final in (
+        ("M", "sac", 0, 4000.0),
+        ("M", "sac", 1, 6000.0),
+        ("M", "bon_sac", 1, 4000.0),
+        ("M", "hmc_sac", 1, 1000.0),
+        ("MP", "hmc_sac_ent_lcb", 1, 3000.0),
+    ):
+        path = learning.result_path(tier, method, "HalfCheetah-v4", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_fake_summary(method, "HalfCheetah-v4", seed, final)))
+    out = learning.aggregate("MP")
+    assert set(out["results"]["HalfCheetah-v4"]) == {
+        "hmc_sac_ent_lcb",
+        "sac (M)",
+        "bon_sac (M)",
+        "hmc_sac (M)",
+    }
+    ratios = out["iqm_ratios"]["HalfCheetah-v4"]
+    # Read rows are compared with, never read against anything themselves.
+    assert set(ratios) == {"hmc_sac_ent_lcb / sac (M)", "hmc_sac_ent_lcb / bon_sac (M)"}
+    assert ratios["hmc_sac_ent_lcb / sac (M)"]["iqm_ratio"] == pytest.approx(3000.0 / 5000.0)
+    assert ratios["hmc_sac_ent_lcb / sac (M)"]["seeds"] == [1, 2]
+    assert ratios["hmc_sac_ent_lcb / bon_sac (M)"]["iqm_ratio"] == pytest.approx(0.75)
+    # The stalled seed runs first.
+    assert next(learning._grid("MP", None, None, None)) == ("hmc_sac_ent_lcb", "HalfCheetah-v4", 1)
+
+
 # ------------------------------------------------------------------ mechanism benchmark
 def test_mechanism_log_partition_and_posterior_regret_match_monte_carlo() -> None:
     import torch
