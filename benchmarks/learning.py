@@ -215,8 +215,6 @@ TIERS = {
         eval_interval=10_000,
         compare_with=(("M", "sac"),),
     ),
-    # Tier M's baseline check on Hopper, where its three seeds sit below the published SAC:
-    # the same SAC on two more seeds, read with tier M's, to tell seed luck from a lag.
     # Tier M's stall (HalfCheetah seed 1: the default's chain grows and climbs the critic's
     # errors) against tier S's candidate fix, the pessimistic potential: tier M's protocol, read
     # with tier M's runs. Seed 1 first: the seed it is meant to mend.
@@ -228,6 +226,8 @@ TIERS = {
         eval_interval=10_000,
         compare_with=(("M", "sac"), ("M", "bon_sac"), ("M", "hmc_sac")),
     ),
+    # Tier M's baseline check on Hopper, where its three seeds sit below the published SAC:
+    # the same SAC on two more seeds, read with tier M's, to tell seed luck from a lag.
     "MS": Tier(
         envs=("Hopper-v4",),
         frames=100_000,
