@@ -251,9 +251,10 @@ class Run:
     def collect(self) -> Iterator[TensorDictBase]:
         """The collector's batches (one batch is one policy iteration), each counted in
         :attr:`progress` and the mean return of the episodes it finished noted for :meth:`log`.
-        No batch when the run cannot start or has no frames left."""
+        No batch when the run cannot start, has no frames left or was asked to stop during its
+        setup (leaving it then checkpoints the start)."""
         if self.collector is None or self.stop_requested:
-            return  # nothing to do, or a signal during the setup: leaving checkpoints the start
+            return
         for batch in self.collector:
             self._batch_frames = batch.numel()
             self.progress.frames += self._batch_frames
