@@ -320,52 +320,56 @@ def _grid(tier_name: str, methods, envs, seeds):
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    failures = 0
     with _GridStop() as stop:
-        for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
-            status = _status(args.tier, method, env, seed)
-            if status == "finished":
-                logger.info("skip %s %s seed %d: finished", method, env, seed)
-                continue
-            if stop.signum is not None:
-                # Came between two runs (while one was collected, say): start no other.
-                logger.warning(
-                    "stopped by %s before %s %s seed %d; run the grid again to continue",
-                    signal.Signals(stop.signum).name,
-                    method,
-                    env,
-                    seed,
-                )
-                return 128 + stop.signum
-            directory = run_dir(args.tier, method, env, seed)
-            if status == "pending" and directory.exists():
-                shutil.rmtree(directory)  # started but never checkpointed: nothing to keep
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            cmd = command(args.tier, method, env, seed, args.overrides)
-            logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
-            started = time.monotonic()
-            with open(directory.parent / f"seed{seed}.log", "a") as log:
-                code, stopped = _run_child([sys.executable, *cmd[1:]], log, stop)
-            if stopped:
-                # 128 + N is the run's own exit after its checkpoint; anything else (a second,
-                # direct signal kills it: exit -N) left no checkpoint of this stop.
-                saved = code == 128 + stopped
-                logger.warning(
-                    "stopped by %s: %s %s seed %d %s (exit %d); run the grid again to continue",
-                    signal.Signals(stopped).name,
-                    method,
-                    env,
-                    seed,
-                    "checkpointed" if saved else "stopped before writing a checkpoint",
-                    code,
-                )
-                return 128 + stopped
-            if code != 0 or not (directory / "summary.json").exists():
-                logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
-                failures += 1
-                continue
-            _collect(args.tier, method, env, seed)
-            logger.info("done in %.0f s", time.monotonic() - started)
+        return _run_grid(args, stop)
+
+
+def _run_grid(args: argparse.Namespace, stop: _GridStop) -> int:
+    failures = 0
+    for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
+        status = _status(args.tier, method, env, seed)
+        if status == "finished":
+            logger.info("skip %s %s seed %d: finished", method, env, seed)
+            continue
+        if stop.signum is not None:
+            # Came between two runs (while one was collected, say): start no other.
+            logger.warning(
+                "stopped by %s before %s %s seed %d; run the grid again to continue",
+                signal.Signals(stop.signum).name,
+                method,
+                env,
+                seed,
+            )
+            return 128 + stop.signum
+        directory = run_dir(args.tier, method, env, seed)
+        if status == "pending" and directory.exists():
+            shutil.rmtree(directory)  # started but never checkpointed: nothing to keep
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        cmd = command(args.tier, method, env, seed, args.overrides)
+        logger.info("%s %s seed %d (%s): %s", method, env, seed, status, " ".join(cmd))
+        started = time.monotonic()
+        with open(directory.parent / f"seed{seed}.log", "a") as log:
+            code, stopped = _run_child([sys.executable, *cmd[1:]], log, stop)
+        if stopped:
+            # 128 + N is the run's own exit after its checkpoint; anything else (a second,
+            # direct signal kills it: exit -N) left no checkpoint of this stop.
+            saved = code == 128 + stopped
+            logger.warning(
+                "stopped by %s: %s %s seed %d %s (exit %d); run the grid again to continue",
+                signal.Signals(stopped).name,
+                method,
+                env,
+                seed,
+                "checkpointed" if saved else "stopped before writing a checkpoint",
+                code,
+            )
+            return 128 + stopped
+        if code != 0 or not (directory / "summary.json").exists():
+            logger.error("%s %s seed %d failed with exit code %d", method, env, seed, code)
+            failures += 1
+            continue
+        _collect(args.tier, method, env, seed)
+        logger.info("done in %.0f s", time.monotonic() - started)
     return 1 if failures else 0
 
 
