@@ -110,8 +110,16 @@ def make_hmc(num_steps: int, gated: bool, beta: float) -> tuple[HMCActor, HMCLos
         distribution_class=TanhNormal,
         spec=SPEC,
     )
-    actor = HMCActor(policy, make_critic(), action_spec=SPEC, num_steps=num_steps, gated=gated)
-    loss = HMCLoss(actor, num_qvalue_nets=1)
+    # The paper's objective (the previous policy as prior, beta fixed here): the gap it closes.
+    actor = HMCActor(
+        policy,
+        make_critic(),
+        action_spec=SPEC,
+        num_steps=num_steps,
+        gated=gated,
+        **HMCActor.PAPER_KWARGS,
+    )
+    loss = HMCLoss(actor, num_qvalue_nets=1, **HMCLoss.PAPER_KWARGS)
     loss.beta = beta
     return actor, loss
 
@@ -124,7 +132,7 @@ def make_langevin(num_layers: int, beta: float) -> tuple[LangevinFlowActor, Lang
     actor = LangevinFlowActor(
         policy, make_critic(), state_dim=DIM, num_layers=num_layers, exploration_noise=0.0
     )
-    loss = LangevinFlowLoss(actor, num_qvalue_nets=1)
+    loss = LangevinFlowLoss(actor, num_qvalue_nets=1, **LangevinFlowLoss.PAPER_KWARGS)
     loss.beta = beta
     return actor, loss
 

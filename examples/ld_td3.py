@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from torchrl_mcmc.recipes import LDTD3, Run
+from torchrl_mcmc.recipes import LDTD3, Run, check_command_line
 
 
 @hydra.main(
@@ -26,16 +26,13 @@ def main(cfg: DictConfig) -> None:
     # Opens the run directory (new, or resume=), then builds the method, replay buffer, logger
     # and collector; on leaving, writes the last checkpoint and summary.json.
     with Run(cfg, LDTD3) as run:
-        method, buffer = run.method, run.buffer
         for batch in run.collect():
             # One batch of frames is one policy iteration; the buffer keeps what updates read.
-            buffer.extend(batch.reshape(-1).select(*method.replay_keys, strict=False))
-            # optim.utd_ratio updates per frame, once the random frames are in.
-            num_updates = run.updates_due(batch)
-            if num_updates:
-                method.begin_iteration()
-                metrics = [method.update(buffer.sample()) for _ in range(num_updates)]
-                run.log_updates(metrics, method.end_iteration(metrics))
+            run.buffer.extend(batch.reshape(-1).select(*run.method.replay_keys, strict=False))
+            # optim.utd_ratio updates per frame once the random frames are in; a stop request
+            # between two of them (or a diverged training) stops the run at once.
+            if not run.update(run.updates_due(batch)):
+                break
             run.collector.update_policy_weights_()
             # Evaluate and checkpoint when due, log, and stop here if a signal asked to.
             if run.evaluation_due():
@@ -45,9 +42,10 @@ def main(cfg: DictConfig) -> None:
                 run.checkpoint()
             if run.stop_requested:
                 break
-    if run.exit_code:
-        sys.exit(run.exit_code)  # 2: bad input; 128 + N: stopped by signal N (resume=<run dir>)
+    if run.exit_code:  # only then: a Hydra multirun goes on to its next job
+        sys.exit(run.exit_code)  # ExitCode: 2 bad input, 4 diverged, 128 + N signal N
 
 
 if __name__ == "__main__":
+    check_command_line("ld_td3")  # unknown keys and options: exit 2, naming the nearest
     main()

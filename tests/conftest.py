@@ -126,7 +126,7 @@ def assert_term_reaches_exactly(
 
     Every group in ``reached`` gets a non-zero gradient and every other group none, and every
     gradient is finite; the ``"target"`` and ``"prior"`` groups do not even require gradients;
-    ``batch`` is left unchanged.
+    ``batch`` is left unchanged but for the ``td_error`` written into it.
     """
     before = batch.clone()
     loss(batch)[key].backward()
@@ -138,9 +138,11 @@ def assert_term_reaches_exactly(
     # Parameters that must never receive gradients do not even require them.
     for name in ("target", "prior"):
         assert not any(p.requires_grad for p in groups[name]), (key, name)
-    # The input tensordict is unchanged.
-    assert set(batch.keys(True, True)) == set(before.keys(True, True))
-    torch.testing.assert_close(batch, before, rtol=0, atol=0)
+    # The input tensordict is unchanged, but for the per-sample priority the critic loss writes
+    # into it, as TorchRL's losses do.
+    assert set(batch.keys(True, True)) == set(before.keys(True, True)) | {"td_error"}
+    assert batch["td_error"].shape == batch.shape
+    torch.testing.assert_close(batch.exclude("td_error"), before, rtol=0, atol=0)
 
 
 def losses_and_grads(

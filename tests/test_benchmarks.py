@@ -485,7 +485,7 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     from torchrl_mcmc.recipes import LDTD3, compose_config, train
 
     overrides = ["preset=smoke", "env=Pendulum-v1", "flow.num_layers=0", f"run_root={tmp_path}"]
-    assert train(compose_config("ld_td3", overrides), LDTD3) == 0
+    assert train(compose_config("ld_td3", overrides), LDTD3).exit_code == 0
     (run_dir,) = (tmp_path / "ld_td3" / "Pendulum-v1").iterdir()
     out = tmp_path / "gain"
     assert chain_gain.main([str(run_dir), "--states", "3", "--out", str(out)]) == 0

@@ -101,6 +101,8 @@ def test_target_uses_the_best_next_action_by_the_trained_critics() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_samples=0"):
         _actor(num_samples=0)
+    with pytest.raises(ValueError, match="num_samples=True"):  # a bool is no count
+        _actor(num_samples=True)
     with pytest.raises(TypeError, match="BestOfNActor"):
         BestOfNSACLoss(make_policy(OBS, ACT))
     with pytest.raises(ValueError, match="delay_actor"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -75,9 +76,11 @@ def test_a_working_compile_reaches_the_collector_and_leaves_the_rng_alone(monkey
     eager.shutdown()
 
 
-def test_both_actors_compile_into_one_graph() -> None:
-    """No graph break in a compiled action (the divergence warning's data-dependent test
-    split it in two, which doubled a compiled HMC action's cost)."""
+def test_the_actors_compile_into_one_graph_after_the_input_check() -> None:
+    """One graph break in a compiled action, the input check's raise (a graph cannot raise on a
+    tensor's value), before the whole action's one graph: none in the chain (the divergence
+    warning's data-dependent test split it in two, which doubled a compiled HMC action's
+    cost)."""
     from conftest import make_policy, make_td3_policy
     from tensordict import TensorDict
     from torch import nn
@@ -85,7 +88,7 @@ def test_both_actors_compile_into_one_graph() -> None:
     from torchrl.envs.utils import ExplorationType, set_exploration_type
     from torchrl.modules import MLP, ValueOperator
 
-    from torchrl_mcmc import HMCActor, LangevinFlowActor
+    from torchrl_mcmc import BestOfNActor, HMCActor, LangevinFlowActor
 
     def relu_critic() -> ValueOperator:  # the scripts' critics: the closed-form gradient path
         net = MLP(in_features=5, out_features=1, num_cells=[8, 8], activation_class=nn.ReLU)
@@ -97,9 +100,19 @@ def test_both_actors_compile_into_one_graph() -> None:
         LangevinFlowActor(
             make_td3_policy(3, 2), relu_critic(), state_dim=3, action_spec=spec, num_layers=2
         ),
+        BestOfNActor(make_policy(3, 2), relu_critic(), num_samples=3),
     ]
     for actor in actors:
         torch._dynamo.reset()
         with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
             explained = torch._dynamo.explain(actor)(TensorDict({"observation": torch.randn(3)}))
-        assert explained.graph_break_count == 0, explained.break_reasons
+        assert explained.graph_break_count == 1, explained.break_reasons
+        (reason,) = explained.break_reasons
+        assert reason.user_stack[-1].name == "check_finite_inputs", reason
+        # The check's few ops, then the whole action.
+        check, action = (len(graph.graph.nodes) for graph in explained.graphs)
+        assert check < 10 < action, (check, action)
+        # And a compiled action raises on a non-finite observation, as an eager one.
+        compiled = torch.compile(actor, backend="eager")  # dynamo's graphs, no code generation
+        with torch.no_grad(), pytest.raises(ValueError, match=r"'observation' \(1 of 1 rows\)"):
+            compiled(TensorDict({"observation": torch.tensor([0.0, float("nan"), 1.0])}))

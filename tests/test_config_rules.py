@@ -1,25 +1,48 @@
 """Every config value of the scripts is checked, and a resume keeps the run's configuration.
 
-End-to-end runs of the scripts with bad values and resumes are in ``test_examples.py``; here the
-rules themselves, on configurations composed by Hydra as the scripts compose them.
+Here the rules themselves and every check of bad input (values, unknown keys and config groups,
+tasks the methods cannot train on, sizes that cannot be allocated, run roots that cannot be
+written, damaged run configurations and checkpoints that do not fit), on configurations
+composed by Hydra as the scripts compose them and through the code that exits (``Preflight``,
+``open_run``, the command line's check), in-process; a handful of them end to end through the
+scripts at the end. Training runs of the scripts are in ``test_examples.py``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from torchrl_mcmc.recipes import CONFIG_DIR
+from torchrl_mcmc.recipes.checkpoint import CHECKPOINT_POINTER, save_checkpoint
+from torchrl_mcmc.recipes.cli import command_line_problems
 from torchrl_mcmc.recipes.config_rules import (
     CONFIG_RULES,
+    REPLAY_KEYS,
     ConfigError,
+    Memory,
     config_problems,
+    inspect_task,
     leaves,
+    memory_problems,
+    memory_uses,
     validate_config,
 )
+from torchrl_mcmc.recipes.factories import make_env, make_replay_buffer
+from torchrl_mcmc.recipes.methods import METHODS
 from torchrl_mcmc.recipes.resume import RESUME_MAY_CHANGE, requested_keys, resume_config
+from torchrl_mcmc.recipes.run_dir import Preflight, open_run
 
 SCRIPTS = ("hmc_sac", "sac", "bon_sac", "td3", "ld_td3")
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
@@ -379,3 +402,716 @@ def test_the_papers_configuration_is_one_override_away() -> None:
         "min",
     )
     assert hmc.value_entropy == "none" and hmc.h_update_interval == 1 and cfg.pid.enabled
+
+
+# ---------------------------------------------------------------------------- bad input
+# Every check of bad input below exits with code 2 through the code a script runs: Preflight (a
+# script's Hydra callback, before Hydra makes the run directory), open_run (a resume's
+# checkpoint) and the command line's check (what Hydra cannot compose). Each names the key,
+# its value and what is allowed, and leaves the run root as it was.
+ROOT = Path(__file__).resolve().parents[1]
+_BIG = 10**12  # a size no machine holds, whatever it multiplies
+
+
+class _UnboundedActions(gym.Env):
+    """A continuous task whose actions have no bounds (no Gymnasium task of its own has)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+def _needs_a_missing_package(**kwargs) -> gym.Env:
+    raise gym.error.DependencyNotInstalled("Box2D is not installed (this test's stand-in)")
+
+
+for _env_id, _entry_point in [
+    ("TestUnboundedActions-v0", _UnboundedActions),
+    ("TestMissingPackage-v0", _needs_a_missing_package),
+]:
+    if _env_id not in gym.registry:
+        gym.register(_env_id, entry_point=_entry_point)
+
+
+def _tree(root: Path) -> dict[Path, int]:
+    """Every path under ``root`` with its modification time (nothing if it does not exist)."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
+
+
+@pytest.fixture
+def run_root(tmp_path: Path) -> Iterator[Path]:
+    """A run root with a previous run's file in it, which a refused run must leave as it was."""
+    root = tmp_path / "runs"
+    (root / "sac").mkdir(parents=True)
+    (root / "sac" / "notes.txt").write_text("mine")
+    before = _tree(root)
+    yield root
+    assert _tree(root) == before
+
+
+@pytest.fixture
+def package_logs() -> Iterator[None]:
+    """Puts the package logger back as it was after a test that opens a run (which sends its
+    logs to the run's train.log)."""
+    package = logging.getLogger("torchrl_mcmc")
+    handlers, level = list(package.handlers), package.level
+    yield
+    for handler in set(package.handlers) - set(handlers):
+        handler.close()
+        package.removeHandler(handler)
+    package.setLevel(level)
+
+
+def _preflight_message(script: str, *overrides: str, caplog: pytest.LogCaptureFixture) -> str:
+    """What Preflight logs for a script's command line, which it refuses with exit code 2."""
+    caplog.clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        config = compose(script, overrides=list(overrides), return_hydra_config=True)
+        with pytest.raises(SystemExit) as exited:
+            Preflight().on_run_start(config=config)
+    assert exited.value.code == 2
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    return record.getMessage()
+
+
+_FITS = "; must be small enough to fit in it"
+_BOX = (
+    "must be a task with continuous actions in a bounded box (a Gymnasium Box with finite low "
+    "and high, into which the policies squash their actions), such as Pendulum-v1, "
+    "InvertedDoublePendulum-v4, Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v4, Humanoid-v4"
+)
+_FLAT = "must be a task that observes one flat vector of floats"
+_WRITABLE = "; must be a folder this process can create, or write in"
+
+#: ``(script, overrides, what the message says)``: values that pass their rules, refused by what
+#: they make of the task, the machine or the file system. ``{tmp}``: the test's own folder.
+BAD_INPUT = [
+    # Sizes no machine can allocate: the keys named, with the memory the run needs at least.
+    (
+        "sac",
+        (f"replay.size={_BIG}",),
+        [
+            f"replay.size={_BIG}: the run needs at least 38.2 TiB "
+            "(the replay buffer 38.2 TiB), more than the",
+            _FITS,
+        ],
+    ),
+    ("hmc_sac", (f"replay.size={_BIG}",), [f"replay.size={_BIG}: the run needs at least", _FITS]),
+    ("ld_td3", (f"replay.size={_BIG}",), [f"replay.size={_BIG}: the run needs at least", _FITS]),
+    ("hmc_sac", (f"network.hidden=[{_BIG}]",), [f"network.hidden=[{_BIG}]", "the twin critics"]),
+    ("td3", (f"network.hidden=[{10**7},{10**7}]",), [f"network.hidden=[{10**7}, {10**7}]: "]),
+    (
+        "sac",
+        (f"network.policy_hidden=[{_BIG}]",),
+        [f"network.policy_hidden=[{_BIG}]: the run needs at least 72.8 TiB (the policy 72.8 TiB)"],
+    ),
+    ("ld_td3", (f"network.policy_hidden=[{_BIG}]",), [f"network.policy_hidden=[{_BIG}]: "]),
+    ("bon_sac", (f"replay.batch_size={_BIG}",), [f"replay.batch_size={_BIG}", "a minibatch"]),
+    (
+        "td3",
+        (f"collector.frames_per_batch={_BIG}",),
+        [f"collector.frames_per_batch={_BIG}: the run needs at least", "a collected batch"],
+    ),
+    (
+        "sac",
+        ("collector.num_workers=1000000", "collector.frames_per_batch=1000000"),
+        ["collector.num_workers=1000000: the run needs at least", "the collector's workers"],
+    ),
+    ("hmc_sac", ("hmc.gate_hidden=1000000000",), ["hmc.gate_hidden=1000000000: ", _FITS]),
+    ("hmc_sac", (f"hmc.num_steps={_BIG}",), [f"hmc.num_steps={_BIG}: ", "the HMC chain"]),
+    ("ld_td3", ("flow.hidden=1000000000",), ["flow.num_layers=4, flow.hidden=1000000000: "]),
+    ("ld_td3", (f"flow.num_layers={_BIG}",), [f"flow.num_layers={_BIG}, flow.hidden=16: "]),
+    ("bon_sac", (f"bon.num_samples={_BIG}",), [f"bon.num_samples={_BIG}: ", "best-of-N"]),
+    # Tasks the methods cannot train on.
+    (
+        "sac",
+        ("env.name=CartPole-v1",),
+        [f"env.name='CartPole-v1': its actions are discrete (OneHot); {_BOX}"],
+    ),
+    ("td3", ("env.name=MountainCar-v0",), ["env.name='MountainCar-v0': its actions are discrete"]),
+    ("hmc_sac", ("env.name=Acrobot-v1",), ["env.name='Acrobot-v1': its actions are discrete"]),
+    ("ld_td3", ("env.name=Taxi-v4",), ["env.name='Taxi-v4': its actions are discrete", _FLAT]),
+    (
+        "bon_sac",
+        ("env.name=FrozenLake-v1",),
+        [
+            f"env.name='FrozenLake-v1': its actions are discrete (OneHot); {_BOX}; its observation "
+            f"is OneHot of shape (16,); {_FLAT}"
+        ],
+    ),
+    ("sac", ("env.name=Blackjack-v1",), ["its observation is Stacked of shape (3, -1)", _FLAT]),
+    (
+        "sac",
+        ("env.name=TestUnboundedActions-v0",),
+        [
+            "env.name='TestUnboundedActions-v0': its actions are unbounded (a Box without finite "
+            f"low and high); {_BOX}"
+        ],
+    ),
+    ("ld_td3", ("env.name=TestUnboundedActions-v0",), ["its actions are unbounded"]),
+    (
+        "td3",
+        ("env.name=TestMissingPackage-v0",),
+        [
+            "env.name='TestMissingPackage-v0': cannot be made here (DependencyNotInstalled: Box2D "
+            "is not installed (this test's stand-in))"
+        ],
+    ),
+    # Keys the recipe does not have, added with +: a typo, with the key meant.
+    (
+        "hmc_sac",
+        ("+hmc.num_step=3",),
+        ["hmc.num_step=3: no such key (did you mean hmc.num_steps?)"],
+    ),
+    (
+        "td3",
+        ("+td3.policy_dely=3",),
+        ["td3.policy_dely=3: no such key (did you mean td3.policy_delay?)"],
+    ),
+    (
+        "bon_sac",
+        ("+bon.num_sample=4",),
+        ["bon.num_sample=4: no such key (did you mean bon.num_samples?)"],
+    ),
+    ("ld_td3", ("+flow.hiden=8",), ["flow.hiden=8: no such key (did you mean flow.hidden?)"]),
+    ("ld_td3", ("+pid.kd2=0",), ["pid.kd2=0: no such key (did you mean pid.kd?)"]),
+    (
+        "hmc_sac",
+        ("+sac.alpha_init=0.5",),
+        ["sac.alpha_init=0.5: no such key (did you mean hmc.alpha_init?)"],
+    ),
+    (
+        "sac",
+        ("+network.hidden_sizes=[64]",),
+        ["network.hidden_sizes=[64]: no such key (did you mean network.hidden?)"],
+    ),
+    (
+        "sac",
+        ("+foo=1",),
+        [
+            "foo=1: no such key (the top-level keys are checkpoint.*, collector.*, device, "
+            "env.*, eval.*, guard.*, logger.*, method, network.*, optim.*, progress_bar, "
+            "replay.*, resume, run_root, sac.*, seed, threads)"
+        ],
+    ),
+    ("sac", ("+hmc.num_steps=3",), ["hmc.num_steps=3: no such key (there is no section hmc; "]),
+    (
+        "td3",
+        ("+replay.priority.alpha=0.6",),
+        ["replay.priority.alpha=0.6: no such key (the keys of replay are batch_size, size)"],
+    ),
+    # Run roots no run directory can be made in.
+    (
+        "sac",
+        ("run_root=/proc/foo",),
+        [
+            f"run_root='/proc/foo': no folder can be made in /proc (No such file or directory)"
+            f"{_WRITABLE}"
+        ],
+    ),
+    (
+        "td3",
+        ("run_root={tmp}/notes.txt/runs",),
+        ["run_root='{tmp}/notes.txt/runs': {tmp}/notes.txt is not a folder" + _WRITABLE],
+    ),
+    ("hmc_sac", ("run_root={tmp}/notes.txt",), ["{tmp}/notes.txt is not a folder" + _WRITABLE]),
+    (
+        "ld_td3",
+        ("hydra.run.dir=/proc/foo/run",),
+        ["hydra.run.dir='/proc/foo/run': no folder can be made in /proc"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "overrides", "messages"),
+    BAD_INPUT,
+    ids=[f"{s}:{' '.join(o)}" for s, o, _ in BAD_INPUT],
+)
+def test_bad_input_exits_2_before_anything_is_made(
+    script: str,
+    overrides: tuple[str, ...],
+    messages: list[str],
+    run_root: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tmp = run_root.parent
+    (tmp / "notes.txt").write_text("not a folder")
+    try:
+        overrides = tuple(o.replace("{tmp}", str(tmp)) for o in overrides)
+        message = _preflight_message(
+            script,
+            "preset=smoke",
+            "env=Pendulum-v1",
+            f"run_root={run_root}",
+            *overrides,
+            caplog=caplog,
+        )
+    finally:
+        (tmp / "notes.txt").unlink()
+    assert message.startswith("configuration error: ")
+    for expected in messages:
+        assert expected.replace("{tmp}", str(tmp)) in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="the superuser writes in a read-only folder")
+def test_a_read_only_run_root_is_refused(run_root: Path, caplog) -> None:
+    run_root.chmod(0o555)
+    try:
+        message = _preflight_message(
+            "bon_sac", "preset=smoke", "env=Pendulum-v1", f"run_root={run_root}", caplog=caplog
+        )
+    finally:
+        run_root.chmod(0o755)
+    assert f"run_root='{run_root}': no folder can be made in {run_root} (Permission denied)" in (
+        message
+    )
+
+
+def test_good_input_passes_preflight_and_makes_nothing(tmp_path: Path, caplog) -> None:
+    # Nothing but the run directory Hydra then makes (Preflight only tries that it can).
+    for script in SCRIPTS:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            overrides = [
+                "preset=smoke",
+                "env.name=MountainCarContinuous-v0",
+                f"run_root={tmp_path}",
+            ]
+            config = compose(script, overrides=overrides, return_hydra_config=True)
+            Preflight().on_run_start(config=config)
+    assert list(tmp_path.iterdir()) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# ---------------------------------------------------------------------------- memory
+def test_every_method_stores_the_replay_keys_the_estimate_counts() -> None:
+    cfg = _compose("sac", "preset=smoke", "env=Pendulum-v1")
+    env = make_env(cfg)
+    for script, method_cls in METHODS.items():
+        method = method_cls(_compose(script, "preset=smoke", "env=Pendulum-v1"), env, "cpu")
+        assert set(method.replay_keys) == set(REPLAY_KEYS), script
+    env.close()
+
+
+def test_the_replay_estimate_is_what_the_buffer_allocates() -> None:
+    cfg = _compose("hmc_sac", "preset=smoke", "env=Hopper-v4", "replay.size=64")
+    task = inspect_task(cfg)
+    assert (task.observation_dim, task.action_dim) == (11, 3)
+    env = make_env(cfg)
+    batch = env.rollout(5).reshape(-1).select(*REPLAY_KEYS)
+    env.close()
+    buffer = make_replay_buffer(cfg, torch.device("cpu"))
+    buffer.extend(batch)
+    stored = buffer.storage._storage  # the preallocated rows, as TorchRL lays them out
+    allocated = sum(t.numel() * t.element_size() for t in stored.values(True, True))
+    (estimate,) = [u.nbytes for u in memory_uses(cfg, task) if u.what == "the replay buffer"]
+    assert estimate == allocated == 64 * task.transition_bytes
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_network_estimate_is_a_lower_bound_close_to_what_a_method_holds(script: str) -> None:
+    cfg = _compose(script, "preset=smoke", "env=Hopper-v4")
+    task, env = inspect_task(cfg), make_env(cfg)
+    method = METHODS[script](cfg, env, torch.device("cpu"))
+    env.close()
+    tensors = {t.data_ptr(): t for t in (*method.loss.parameters(), *method.loss.buffers())}
+    trained = {
+        p.data_ptr(): p
+        for o in method.optimizers.values()
+        for g in o.param_groups
+        for p in g["params"]
+    }
+    # Every tensor once, and a gradient and Adam's two moments for each trained one.
+    held = sum(t.numel() * t.element_size() for t in tensors.values())
+    held += 3 * sum(p.numel() * p.element_size() for p in trained.values())
+    sized_by_networks = (
+        "network.hidden",
+        "network.policy_hidden",
+        "hmc.gate_hidden",
+        "flow.hidden",
+    )
+    estimate = sum(
+        u.nbytes
+        for u in memory_uses(cfg, task)
+        if set(u.keys) <= set(sized_by_networks) | {"flow.num_layers"}
+        and u.what not in ("the HMC chain",)
+    )
+    assert held / 3 < estimate <= held
+
+
+def test_sizes_that_fit_the_machine_but_not_its_free_memory_warn(caplog) -> None:
+    cfg = _compose("sac", "preset=smoke", "env=Pendulum-v1", "replay.size=20000000")
+    task = inspect_task(cfg)  # 20e6 transitions of 42 bytes: 801 MiB
+    gib = 2**30
+    small = Memory("a machine of 512 MiB", gib // 2, gib // 2)
+    assert memory_problems(cfg, task, ram=small) == [
+        "replay.size=20000000: the run needs at least 801.2 MiB (the replay buffer 801.1 MiB), "
+        f"more than the 512.0 MiB of a machine of 512 MiB{_FITS}"
+    ]
+    busy = Memory("a busy machine", 4 * gib, gib // 2)
+    assert memory_problems(cfg, task, ram=busy) == []
+    assert "more than the 512.0 MiB free now" in caplog.text
+
+
+def test_a_gpu_holds_the_networks_and_replay_the_machine_the_workers() -> None:
+    cfg = _compose("sac", "preset=smoke", "env=Pendulum-v1", "replay.size=20000000")
+    task, gib = inspect_task(cfg), 2**30
+    gpu, ram = Memory("the free memory of cuda:0", gib // 2, gib // 2), Memory("RAM", gib, gib)
+    (problem,) = memory_problems(cfg, task, device=gpu, ram=ram)
+    assert problem.startswith("replay.size=20000000: ")
+    assert problem.endswith(f"more than the 512.0 MiB of the free memory of cuda:0{_FITS}")
+    many = _compose("sac", "preset=smoke", "env=Pendulum-v1", "collector.num_workers=20")
+    (problem,) = memory_problems(many, task, device=Memory("gpu", 64 * gib, 64 * gib), ram=ram)
+    assert problem.startswith("collector.num_workers=20: the run needs at least 2.0 GiB")
+
+
+# ---------------------------------------------------------------------------- command line
+#: ``(script, command line, the message)``: what Hydra cannot compose (it exits 1 with its own
+#: message before any callback), refused with exit code 2 and the nearest valid name.
+_ENV_OPTIONS = (
+    "Ant-v4, HalfCheetah-v4, Hopper-v4, Humanoid-v4, InvertedDoublePendulum-v4, Pendulum-v1, "
+    "Walker2d-v4"
+)
+COMMAND_LINE_ERRORS = [
+    (
+        "hmc_sac",
+        ["hmc.nonexistent=1"],
+        "hmc.nonexistent=1: no such key (the keys of hmc are alpha_init, gate_hidden, "
+        "gate_state, gated, h_update_interval, lr, next_action, num_steps, pessimism, "
+        "potential_critic, prior, step_size, target_entropy, update_mode, value_entropy)",
+    ),
+    ("ld_td3", ["flow.hiden=3"], "flow.hiden=3: no such key (did you mean flow.hidden?)"),
+    (
+        "td3",
+        ["td3.policy_dely=3"],
+        "td3.policy_dely=3: no such key (did you mean td3.policy_delay?)",
+    ),
+    ("bon_sac", ["replay.sise=10"], "replay.sise=10: no such key (did you mean replay.size?)"),
+    ("hmc_sac", ["envv=Pendulum-v1"], "envv='Pendulum-v1': no such key (did you mean env?)"),
+    (
+        "sac",
+        ["hydra.run.dirr=/x"],
+        "hydra.run.dirr='/x': no such key (did you mean hydra.run.dir?)",
+    ),
+    (
+        "sac",
+        ["env=NoSuchEnv-v0"],
+        f"env='NoSuchEnv-v0': no such option of env (its options: {_ENV_OPTIONS})",
+    ),
+    (
+        "td3",
+        ["env=Hoper-v4"],
+        "env='Hoper-v4': no such option of env (did you mean Hopper-v4? "
+        f"its options: {_ENV_OPTIONS})",
+    ),
+    ("sac", ["preset=nope"], "preset='nope': no such option of preset (its options: quick, smoke)"),
+    (
+        "bon_sac",
+        ["preset=quik"],
+        "preset='quik': no such option of preset (did you mean quick? its options: quick, smoke)",
+    ),
+    (
+        "hmc_sac",
+        ["variant=papr"],
+        "variant='papr': no such option of variant (did you mean paper? its options: paper)",
+    ),
+    (
+        "sac",
+        ["variant=paper"],
+        "variant=paper: sac's configuration has no variant group (its groups: env, preset)",
+    ),
+    (
+        "ld_td3",
+        ["hydra/launcher=joblibb"],
+        "hydra/launcher='joblibb': no such option of "
+        "hydra/launcher (did you mean joblib? its options: basic, joblib, submitit_local, "
+        "submitit_slurm)",
+    ),
+    (
+        "sac",
+        ["-m", "env=Pendulum-v1,Hoper-v4"],
+        "env='Hoper-v4': no such option of env (did you "
+        f"mean Hopper-v4? its options: {_ENV_OPTIONS})",
+    ),
+    (
+        "sac",
+        ["seed=0,1"],
+        "Ambiguous value for argument 'seed=0,1' 1. To use it as a list, use "
+        "key=[value1,value2] 2. To use it as string, quote the value: key='value1,value2' 3. To "
+        "sweep over it, add --multirun to your command line",
+    ),
+    (
+        "td3",
+        ["network.hidden=[64,"],
+        "no viable alternative at input '[64,' See "
+        "https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details",
+    ),
+    (
+        "sac",
+        ["+replay.size=10"],
+        "Could not append to config. An item is already at "
+        "'replay.size'. Either remove + prefix: 'replay.size=10' Or add a second + to add or "
+        "override 'replay.size': '++replay.size=10'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    COMMAND_LINE_ERRORS,
+    ids=[f"{s}:{' '.join(a)}" for s, a, _ in COMMAND_LINE_ERRORS],
+)
+def test_a_command_line_hydra_cannot_compose_names_the_nearest_valid_name(
+    script: str, args: list[str], message: str
+) -> None:
+    assert command_line_problems(script, args) == [message]
+
+
+def test_command_lines_that_compose_pass() -> None:
+    for script, args in [
+        ("sac", ["preset=smoke", "env=Pendulum-v1", "seed=3"]),
+        ("hmc_sac", ["variant=paper", "+foo=1"]),  # an added key is the run's own check
+        ("td3", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]),
+        ("ld_td3", ["--cfg", "job", "env=Hopper-v4", "~eval.video"]),
+        ("bon_sac", ["--help", "nonsense=1"]),  # Hydra's help, left to Hydra
+    ]:
+        assert command_line_problems(script, args) == [], args
+
+
+# ---------------------------------------------------------------------------- resume
+def _run_dir_with(tmp_path: Path, config: str | bytes | None) -> Path:
+    """A run directory with a checkpoint pointer and ``config`` as its config.yaml (``None``:
+    a folder there instead)."""
+    run_dir = tmp_path / "old" / "sac" / "Pendulum-v1" / "seed0-old"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / CHECKPOINT_POINTER).write_text("frames_000000000200.pt")
+    path = run_dir / "config.yaml"
+    if config is None:
+        path.mkdir()
+    elif isinstance(config, bytes):
+        path.write_bytes(config)
+    else:
+        path.write_text(config)
+    return run_dir
+
+
+def _saved(script: str, *overrides: str) -> str:
+    cfg = _compose(script, "preset=smoke", "env=Pendulum-v1", *overrides)
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+#: ``(script, the run's config.yaml, what the message says after its path)``.
+DAMAGED_CONFIGS = [
+    ("sac", ":::\n  - : [", "is not YAML: while parsing a block mapping"),
+    ("bon_sac", "", "is empty: it is no run's configuration."),
+    ("td3", "- sac\n- Pendulum-v1\n", "holds a list, not a run's configuration (a mapping)."),
+    ("ld_td3", "just words", "holds a string, not a run's configuration (a mapping)."),
+    ("hmc_sac", b"\x00\x9f\x92\x96 binary", "cannot be read (UnicodeDecodeError: "),
+    ("sac", None, "cannot be read (IsADirectoryError: "),
+    (
+        "td3",
+        "seed: 0\nreplay: {size: 10}\n",
+        "has no method: it is not a configuration these recipes saved.",
+    ),
+    (
+        "sac",
+        "method: sac\nseed: ${nope}\n",
+        "is no run's configuration: Interpolation key 'nope' not found",
+    ),
+    ("hmc_sac", _saved("td3"), "that run was made by another script: its config (method td3)"),
+    (
+        "sac",
+        _saved("sac").replace("size: 1000", "size: -1"),
+        "replay.size=-1: must be an integer >= 1",
+    ),
+    (
+        "td3",
+        _saved("td3").replace("Pendulum-v1", "CartPole-v1"),
+        "env.name='CartPole-v1': its actions are discrete",
+    ),
+    (
+        "ld_td3",
+        _saved("ld_td3").replace("size: 1000", f"size: {_BIG}"),
+        f"replay.size={_BIG}: the run needs at least",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "config", "message"),
+    DAMAGED_CONFIGS,
+    ids=[f"{s}:{m[:30]}" for s, _, m in DAMAGED_CONFIGS],
+)
+def test_a_damaged_or_foreign_run_config_is_refused_naming_the_file(
+    script: str, config: str | bytes | None, message: str, tmp_path: Path, caplog
+) -> None:
+    run_dir = _run_dir_with(tmp_path, config)
+    before = _tree(tmp_path)
+    logged = _preflight_message(
+        script, f"resume={run_dir}", f"run_root={tmp_path / 'new'}", caplog=caplog
+    )
+    assert logged.startswith(f"configuration error: resume='{run_dir}': {run_dir}/config.yaml")
+    assert message in logged
+    assert _tree(tmp_path) == before
+
+
+def _saved_run(
+    tmp_path: Path, script: str, made_with: list[str], config_says: list[str]
+) -> tuple[Path, DictConfig]:
+    """A run directory whose checkpoint was made with the overrides ``made_with`` and whose
+    config.yaml says ``config_says``, and the configuration that resumes it."""
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    base = ["preset=smoke", "env=Pendulum-v1", "network.hidden=[16,16]"]
+    made = _compose(script, *base, *made_with)
+    env = make_env(made)
+    method = METHODS[script](made, env, torch.device("cpu"))
+    env.close()
+    save_checkpoint(run_dir, {"frames": 200, "method": method.state_dict()})
+    cfg = _compose(script, *base, *config_says, f"resume={run_dir}")
+    OmegaConf.save(OmegaConf.merge(cfg, {"resume": None}), run_dir / "config.yaml", resolve=True)
+    (run_dir / "train.log").write_text("")
+    return run_dir, cfg
+
+
+#: ``(script, the checkpoint made with, the run's config.yaml says, what the message names)``.
+MISMATCHED_CHECKPOINTS = [
+    (
+        "sac",
+        ["env.name=MountainCarContinuous-v0"],
+        [],
+        "loss.actor_network_params.module.0.module.0.0.weight is (16, 2) in it, (16, 3) built",
+    ),
+    (
+        "td3",
+        [],
+        ["network.hidden=[32,32]"],
+        "loss.actor_network_params.module.0.module.0.weight is (16, 3) in it, (32, 3) built",
+    ),
+    ("bon_sac", [], ["network.policy_hidden=[8]"], "loss.actor_network_params.module.0.module.0"),
+    (
+        "hmc_sac",
+        [],
+        ["hmc.gate_hidden=8"],
+        "loss.actor.flow.gate.shift_net.0.weight is (16, 2) in it, (8, 2) built",
+    ),
+    ("hmc_sac", ["hmc.gated=false"], [], "loss.actor.flow.gate."),
+    (
+        "hmc_sac",
+        ["variant=paper", "pid.enabled=false"],
+        ["variant=paper"],
+        "its 'pid' is empty, the method's is not",
+    ),
+    ("ld_td3", [], ["flow.num_layers=2"], "is in it, not in the networks built"),
+    ("ld_td3", [], ["flow.hidden=8"], "loss.actor.flow.layers.0.net.0.weight is (16, "),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "made_with", "config_says", "message"),
+    MISMATCHED_CHECKPOINTS,
+    ids=[f"{s}:{' '.join(m + c)}" for s, m, c, _ in MISMATCHED_CHECKPOINTS],
+)
+def test_a_checkpoint_that_does_not_fit_the_runs_config_is_refused(
+    script: str,
+    made_with: list[str],
+    config_says: list[str],
+    message: str,
+    tmp_path: Path,
+    package_logs: None,
+) -> None:
+    run_dir, cfg = _saved_run(tmp_path, script, made_with, config_says)
+    before = set(_tree(tmp_path))
+    with pytest.raises(ConfigError) as error:
+        open_run(cfg, METHODS[script])
+    checkpoint = run_dir / "checkpoints" / "frames_000000000200.pt"
+    assert str(error.value).startswith(
+        f"resume='{run_dir}': the checkpoint {checkpoint} does not fit the networks the run's "
+        "config.yaml builds (env.name="
+    )
+    assert message in str(error.value)
+    assert set(_tree(tmp_path)) == before  # nothing new (train.log has the attempt)
+
+
+def test_a_checkpoint_of_something_else_is_refused(tmp_path: Path, package_logs) -> None:
+    run_dir, cfg = _saved_run(tmp_path, "td3", [], [])
+    save_checkpoint(run_dir, {"frames": 400, "weights": torch.zeros(3)})
+    with pytest.raises(ConfigError, match=r"frames_000000000400\.pt does not fit .* it holds no "):
+        open_run(cfg, METHODS["td3"])
+
+
+def test_a_checkpoint_that_fits_opens(tmp_path: Path, package_logs) -> None:
+    run_dir, cfg = _saved_run(tmp_path, "ld_td3", [], [])
+    opened = open_run(cfg, METHODS["ld_td3"])
+    assert opened.path == run_dir and opened.state["frames"] == 200
+
+
+# ---------------------------------------------------------------------------- end to end
+def _script(program: str, *args: str, run_root: Path) -> subprocess.CompletedProcess:
+    """Runs ``examples/<program>``, or ``python -m <program>`` for a module."""
+    command = ["-m", *program.split()] if " " in program else [str(ROOT / "examples" / program)]
+    return subprocess.run(
+        [sys.executable, *command, *args, f"run_root={run_root}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def _garbage_config(tmp_path: Path) -> list[str]:
+    run_dir = _run_dir_with(tmp_path, ":::\n  - : [")
+    return [f"resume={run_dir}"]
+
+
+def _mismatched_checkpoint(tmp_path: Path) -> list[str]:
+    run_dir, _ = _saved_run(tmp_path, "sac", ["network.hidden=[8,8]"], [])
+    return [f"resume={run_dir}"]
+
+
+#: ``(program, its command line, or what makes a resume's, what the output says)``: one of each
+#: kind, through the scripts; what Hydra cannot compose through ``python -m torchrl_mcmc.recipes``,
+#: which checks it before Hydra starts (``cli.check_command_line``).
+END_TO_END = [
+    ("sac.py", ["env.name=CartPole-v1"], "env.name='CartPole-v1': its actions are discrete"),
+    ("hmc_sac.py", [f"replay.size={_BIG}"], f"replay.size={_BIG}: the run needs at least"),
+    ("td3.py", ["+td3.policy_dely=3"], "td3.policy_dely=3: no such key (did you mean td3."),
+    (
+        "torchrl_mcmc.recipes ld_td3",
+        ["env=Hoper-v4"],
+        "env='Hoper-v4': no such option of env (did you mean Hopper-v4?",
+    ),
+    ("bon_sac.py", _garbage_config, "config.yaml is not YAML: while parsing a block mapping"),
+    ("sac.py", _mismatched_checkpoint, "frames_000000000200.pt does not fit the networks"),
+]
+
+
+@pytest.mark.parametrize(
+    ("program", "args", "message"), END_TO_END, ids=[p.split()[-1] for p, _, _ in END_TO_END]
+)
+def test_a_script_exits_2_on_bad_input_at_once_leaving_nothing_new(
+    program: str,
+    args: list[str] | Callable[[Path], list[str]],
+    message: str,
+    run_root: Path,
+) -> None:
+    tmp = run_root.parent
+    # A resume's command line is resume= alone; a new run's a smoke run on Pendulum.
+    args = args(tmp) if callable(args) else ["preset=smoke", "env=Pendulum-v1", *args]
+    before = set(_tree(tmp))
+    proc = _script(program, *args, run_root=run_root)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert message in out and "Traceback" not in out
+    # Refused before anything was built: a run that had started would have made its directory
+    # (a resume's: its config.yaml and checkpoint as they were, train.log aside).
+    assert set(_tree(tmp)) == before

@@ -95,10 +95,10 @@ def test_alpha_is_tuned_as_sac_and_drives_the_actor() -> None:
     torch.testing.assert_close(grad, out["entropy"] + 1.5)
     with torch.no_grad():
         loss.log_alpha.fill_(torch.tensor(0.2).log().item())
-    assert loss(make_transitions(OBS, ACT, 8))["beta"].item() == pytest.approx(0.2)
+    assert loss(make_transitions(OBS, ACT, 8))["alpha"].item() == pytest.approx(0.2)
     assert loss.actor.beta.item() == pytest.approx(0.2)
     # The paper's prior leaves beta to a controller.
-    plain = _loss()
+    plain = _loss({"prior": "policy"})
     assert not plain.tunes_alpha and list(plain.alpha_parameters()) == []
     assert "loss_alpha" not in plain(make_transitions(OBS, ACT, 8))
 
@@ -143,7 +143,11 @@ def test_frozen_group_is_not_differentiated() -> None:
     def spy(*args, **kwargs):
         seen.setdefault("h", []).append(
             [p.requires_grad for p in loss.actor.flow.parameters(recurse=True)]
-            + [t.requires_grad for t in loss.actor.flow.state_dict().values()]
+            + [
+                t.requires_grad
+                for t in loss.actor.flow.state_dict().values()
+                if isinstance(t, torch.Tensor)  # (the state dict holds the flow's settings too)
+            ]
         )
         seen.setdefault("theta", []).append(
             [t.requires_grad for t in loss.actor.policy.state_dict(keep_vars=True).values()]

@@ -286,7 +286,8 @@ def test_progress_bar_shows_known_values_only_and_log_lines_print_above_it(
     )
     assert proc.returncode == 0, proc.stdout
     out = proc.stdout
-    assert "frames/s" in out and "eval=-" in out and "beta=0." in out  # the bar ran
+    # The bar ran, with the temperature of the default (entropy) prior under its SAC name.
+    assert "frames/s" in out and "eval=-" in out and "alpha=" in out and "beta=" not in out
     assert "nan" not in out  # no value before it is known
     # A log line starts where a cleared bar was (tqdm.write), never after the bar's text: the
     # segment after the line's last carriage return is the message alone.
@@ -479,8 +480,11 @@ def test_entropy_prior_and_cheap_options_train_and_log_alpha(tmp_path: Path) -> 
         run_root=tmp_path,
     )
     (run_dir,) = _run_dirs(tmp_path)
-    alphas = [v for _, v in _scalar_log(run_dir, "train/beta")]
+    alphas = [v for _, v in _scalar_log(run_dir, "train/alpha")]
     assert alphas and alphas[0] != alphas[-1]  # the temperature is trained, not fixed
+    # SAC's names: no beta (alpha is the temperature) and no policy distance (minus an entropy).
+    logged = {p.stem for p in (run_dir / "logs" / "train" / "scalars" / "train").glob("*.csv")}
+    assert {"alpha", "loss_alpha", "entropy"} <= logged and not {"beta", "policy_distance"} & logged
     assert all(torch.isfinite(torch.tensor(v)) for _, v in _scalar_log(run_dir, "train/entropy"))
     checkpoint = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
     assert set(checkpoint["method"]["optimizers"]) == {"policy", "flow", "critic", "alpha"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import make_critic, make_policy
@@ -12,10 +14,10 @@ from torchrl.collectors import Collector
 from torchrl.data import Bounded, Categorical, Unbounded
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import MLP, ProbabilisticActor
+from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
 
 from torchrl_mcmc import HMCActor
-from torchrl_mcmc.mcmc import normal_log_prob, squash
+from torchrl_mcmc.mcmc import HamiltonianFlow, normal_log_prob, squash
 
 
 def _actor(obs_dim=3, action_dim=2, **kwargs) -> HMCActor:
@@ -86,7 +88,7 @@ def test_density_is_the_base_density_of_u0() -> None:
 
 
 def test_potential_matches_its_formula() -> None:
-    actor = _actor(beta=0.7)
+    actor = _actor(beta=0.7, prior="policy")
     td = _obs(batch=5)
     loc, scale = torch.randn(5, 2), torch.rand(5, 2) + 0.5
     u = torch.randn(5, 2)
@@ -239,6 +241,25 @@ def _bad_policy_distribution():
             "Categorical",
         ),
         (lambda: _actor(gate_state_key="observation"), ValueError, "gate_state_dim"),
+        # A bool is no number here: num_steps=True is a mistake, not K = 1.
+        (lambda: _actor(num_steps=True), ValueError, "num_steps=True"),
+        (lambda: _actor(gate_hidden=True), ValueError, "gate_hidden=True"),
+        (
+            lambda: _actor(gate_state_key="observation", gate_state_dim=True),
+            ValueError,
+            "gate_state_dim=True",
+        ),
+        (lambda: _actor(beta=True), ValueError, "beta=True"),
+        (lambda: _actor(step_size=True), ValueError, "step_size=True"),
+        (lambda: _actor(gated=1), ValueError, "gated=1"),
+        # An action spec of another dimension than the policy's.
+        (
+            lambda: HMCActor(
+                make_policy(3, 2), make_critic(3, 3), action_spec=Bounded(-1.0, 1.0, shape=(3,))
+            ),
+            ValueError,
+            r"the action spec's dimension 3 is not that of the policy's spec, \(2,\)",
+        ),
     ],
 )
 def test_bad_construction_fails_fast_with_a_clear_message(build, error, match) -> None:
@@ -259,3 +280,41 @@ def test_works_under_no_grad_and_inference_contexts() -> None:
     assert td["action"].isfinite().all()
     assert all(p.grad is None for p in actor.parameters())
     assert isinstance(actor.flow, nn.Module)
+
+
+def _policy_without_spec(action_dim: int) -> ProbabilisticActor:
+    net = nn.Sequential(MLP(in_features=3, out_features=2 * action_dim), NormalParamExtractor())
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+    )
+
+
+def test_a_policy_of_another_dimension_than_the_spec_fails_naming_both() -> None:
+    # Nothing at construction says what the policy outputs: the first call does, before the
+    # chain's matmuls would fail on it.
+    actor = HMCActor(
+        _policy_without_spec(2), make_critic(3, 3), action_spec=Bounded(-1.0, 1.0, shape=(3,))
+    )
+    message = r"the policy's action has dimension 2, but the action spec's is 3"
+    with pytest.raises(ValueError, match=message):
+        actor(_obs())
+    with pytest.raises(ValueError, match=message):
+        actor.base_sample(_obs())
+
+
+def test_settings_a_configuration_ignores_are_reported() -> None:
+    flow = HamiltonianFlow(2, num_steps=3)
+    with pytest.warns(UserWarning, match=r"num_steps=2, gated=False ignored: the prebuilt flow"):
+        actor = _actor(flow=flow, num_steps=2, gated=False)
+    assert actor.flow is flow and actor.flow.num_steps == 3
+    with pytest.warns(UserWarning, match=r"gate_hidden=8 ignored: gated=False builds no gates"):
+        _actor(gated=False, gate_hidden=8)
+    with pytest.warns(UserWarning, match=r"gate_state_dim=3 ignored: the gates read no state"):
+        _actor(gate_state_dim=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults, and settings that are used: silent
+        _actor(flow=HamiltonianFlow(2, num_steps=3))
+        _actor(gated=False)
+        _actor(gate_state_key="observation", gate_state_dim=3)

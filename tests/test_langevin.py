@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import (
@@ -15,13 +17,13 @@ from conftest import (
     mcmc_parameter_groups,
 )
 from tensordict import TensorDict
-from tensordict.nn import TensorDictSequential
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import Bounded, Unbounded
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import AdditiveGaussianModule, ValueOperator
+from torchrl.modules import MLP, AdditiveGaussianModule, TanhModule, ValueOperator
 from torchrl.objectives import SoftUpdate
 
 from torchrl_mcmc import HMCActor, LangevinFlowActor, LangevinFlowLoss, PIDController
@@ -536,6 +538,23 @@ def _with_exploration_module() -> TensorDictSequential:
             ValueError,
             "flow.action_dim=3",
         ),
+        # A bool is no number here.
+        (lambda: _actor(num_layers=True), ValueError, "num_layers=True"),
+        (lambda: _actor(hidden=True), ValueError, "hidden=True"),
+        (
+            lambda: LangevinFlowActor(
+                make_td3_policy(OBS, ACT), make_critic(OBS, ACT), state_dim=True
+            ),
+            ValueError,
+            "state_dim=True",
+        ),
+        (lambda: _actor(exploration_noise=False), ValueError, "exploration_noise=False"),
+        # An action spec of another dimension than the policy's TanhModule.
+        (
+            lambda: _actor(action_spec=Bounded(-1.0, 1.0, (ACT + 1,))),
+            ValueError,
+            f"the action spec's dimension {ACT + 1} is not that of the policy's TanhModule, {ACT}",
+        ),
     ],
 )
 def test_bad_actor_arguments_fail_fast_with_a_clear_message(build, error, match) -> None:
@@ -603,7 +622,13 @@ def _fast_and_generic(update_mode: str = "alternating", dtype=torch.float64):
     generic.actor._plain_policy = False
     assert fast.actor.has_fast_critic and fast.actor._plain_policy
     assert not generic.actor.has_fast_critic
-    torch.testing.assert_close(fast.state_dict(), generic.state_dict(), rtol=0, atol=0)
+    states = [loss.state_dict() for loss in (fast, generic)]
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, states[1][key], rtol=0, atol=0)
+        else:  # a module's saved settings
+            assert value == states[1][key], key
     return fast, generic
 
 
@@ -737,8 +762,8 @@ def test_an_all_divergent_batch_gives_zero_losses_and_the_count_never_nan(update
     terms = ["loss_actor"] + (["loss_flow"] if update_mode == "alternating" else [])
     for key in terms:
         assert out[key].item() == 0.0 and out[key].requires_grad
-    # The diagnostics describe the fallbacks: the plain TD3 action, which is also the prior's.
-    assert out["critic_gain"].abs() < 1e-6 and out["policy_distance"].abs() < 1e-6
+    # No flow was kept, so none measured the flow's diagnostics: left out, never NaN or 0.
+    assert not {"critic_gain", "policy_distance"} & set(out.keys())
     reached = {"loss_actor": list(loss.policy_parameters()), "loss_flow": []}
     reached["loss_flow" if update_mode == "alternating" else "loss_actor"] += list(
         loss.flow_parameters()
@@ -764,3 +789,28 @@ def test_a_saturating_flow_is_not_divergent_its_objective_stays_bounded() -> Non
     assert out["loss_actor"].abs() <= q.abs().max() + 1e-3
     out["loss_actor"].backward()
     assert all(p.grad.isfinite().all() for p in loss.policy_parameters())
+
+
+def test_a_policy_network_of_another_dimension_fails_at_the_first_call_naming_both() -> None:
+    spec = Bounded(-1.0, 1.0, shape=(ACT,))
+    policy = TensorDictSequential(  # the network's output is wider than the TanhModule's box
+        TensorDictModule(MLP(in_features=OBS, out_features=ACT + 1), ["observation"], ["param"]),
+        TanhModule(in_keys=["param"], out_keys=["action"], spec=spec),
+    )
+    actor = LangevinFlowActor(policy, make_critic(OBS, ACT), state_dim=OBS)
+    with pytest.raises(
+        ValueError, match=rf"TanhModule has dimension {ACT + 1}, but the action spec's is {ACT}"
+    ):
+        actor(_obs())
+
+
+def test_settings_a_prebuilt_flow_overrides_are_reported() -> None:
+    flow = LangevinFlow(ACT, num_layers=2, state_dim=OBS)
+    with pytest.warns(UserWarning, match=r"num_layers=3, state_dim=4 ignored: the prebuilt flow"):
+        actor = LangevinFlowActor(
+            make_td3_policy(OBS, ACT), make_critic(OBS, ACT), flow=flow, num_layers=3, state_dim=OBS
+        )
+    assert actor.flow is flow and actor.flow.num_layers == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LangevinFlowActor(make_td3_policy(OBS, ACT), make_critic(OBS, ACT), flow=flow)

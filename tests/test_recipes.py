@@ -30,7 +30,7 @@ def _python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_smoke_preset_trains_and_resumes_from_python(tmp_path: Path) -> None:
     cfg = compose_config("hmc_sac", [*SMOKE, f"run_root={tmp_path}"])
-    assert train(cfg, HMCSAC) == 0
+    assert train(cfg, HMCSAC).exit_code == 0
     # The scripts' run directory layout, without Hydra.
     (run_dir,) = (tmp_path / "hmc_sac" / "Pendulum-v1").glob("seed0-*")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -41,7 +41,7 @@ def test_the_smoke_preset_trains_and_resumes_from_python(tmp_path: Path) -> None
     saved = OmegaConf.load(run_dir / "config.yaml")
     saved.resume = str(run_dir)
     saved.collector.total_frames = 600
-    assert train(saved, HMCSAC) == 0
+    assert train(saved, HMCSAC).exit_code == 0
     assert json.loads((run_dir / "summary.json").read_text())["frames"] == 600
     log = (run_dir / "train.log").read_text()
     assert "resumed at 400 frames" in log

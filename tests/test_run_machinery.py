@@ -340,7 +340,7 @@ def test_a_signal_during_the_setup_stops_the_run_at_its_start_and_the_run_resume
     overrides = ["preset=smoke", "env=Pendulum-v1", f"run_root={tmp_path}"]
     handler = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(run_module, "make_collector", make_collector_then_signal)
-    assert train(compose_config("sac", overrides), SAC) == 128 + signal.SIGTERM
+    assert train(compose_config("sac", overrides), SAC).exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is handler  # the run's handler is gone
     (run_dir,) = sorted(p.parent for p in tmp_path.rglob("config.yaml"))
     assert not (run_dir / "summary.json").exists()
@@ -350,10 +350,10 @@ def test_a_signal_during_the_setup_stops_the_run_at_its_start_and_the_run_resume
 
     # Stopped again during a resume's setup: the checkpoint it resumed from stays the only one.
     resume = [*overrides, f"resume={run_dir}"]
-    assert train(compose_config("sac", resume), SAC) == 128 + signal.SIGTERM
+    assert train(compose_config("sac", resume), SAC).exit_code == 128 + signal.SIGTERM
     assert list((run_dir / "checkpoints").iterdir()) == [checkpoint]
 
     monkeypatch.setattr(run_module, "make_collector", make_collector)
-    assert train(compose_config("sac", resume), SAC) == 0
+    assert train(compose_config("sac", resume), SAC).exit_code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] == compose_config("sac", overrides).collector.total_frames

@@ -13,6 +13,7 @@ from torchrl_mcmc.mcmc.integrators import (
     init_state,
     integrate,
     leapfrog_step,
+    mark_non_finite,
     potential_grad,
 )
 from torchrl_mcmc.mcmc.langevin import (
@@ -35,6 +36,7 @@ __all__ = [
     "init_state",
     "integrate",
     "leapfrog_step",
+    "mark_non_finite",
     "normal_log_prob",
     "potential_grad",
     "smoothed_norm",

@@ -26,6 +26,7 @@ from torchrl_mcmc.mcmc.integrators import (
     potential_grad,
 )
 from torchrl_mcmc.mcmc.nets import run_tanh_mlp, tanh_mlp
+from torchrl_mcmc.mcmc.settings import SavedSettings, check_integer, check_number
 
 __all__ = ["DIVERGENCE_THRESHOLD", "FlowOutput", "GradientGate", "HamiltonianFlow"]
 
@@ -63,11 +64,11 @@ class GradientGate(nn.Module):
 
     def __init__(self, action_dim: int, hidden: int = 16, state_dim: int = 0) -> None:
         super().__init__()
-        if hidden < 1:
-            raise ValueError(f"gate width must be >= 1, got gate_hidden={hidden}.")
-        if state_dim < 0:
-            raise ValueError(f"state_dim must be >= 0, got {state_dim}.")
+        action_dim = check_integer("action_dim", action_dim, 1)
+        hidden = check_integer("gate_hidden", hidden, 1)
+        state_dim = check_integer("state_dim", state_dim, 0)
         in_features = 2 * action_dim + state_dim
+        self.hidden = hidden
         self.state_dim = state_dim
         self.sigma_net = tanh_mlp(in_features, hidden, 1)
         self.shift_net = tanh_mlp(in_features, hidden, action_dim)
@@ -108,7 +109,7 @@ class FlowOutput(NamedTuple):
     energy_error: Tensor | None
 
 
-class HamiltonianFlow(nn.Module):
+class HamiltonianFlow(SavedSettings, nn.Module):
     """``K`` leapfrog steps with learnable per-dimension step sizes and optional gates.
 
     Step sizes are stored as ``log eps`` so they stay positive under any optimiser step. They are
@@ -118,7 +119,10 @@ class HamiltonianFlow(nn.Module):
     error ``H(uK, rhoK) - H(u0, rho0)``, with ``H(u, rho) = U(u) + rho . rho / 2``, is not finite
     or exceeds ``divergence_threshold``. Such a sample falls back to its start ``(u0, rho0)``,
     which is still an exact draw from ``q_0`` (the identity is volume preserving too), and
-    ``divergent`` flags it. Nothing silently turns into NaN.
+    ``divergent`` flags it. Nothing silently turns into NaN. A non-finite force at any step (a
+    NaN or infinite gradient, or a gradient function that marks a non-finite potential value
+    with NaN, as :func:`~torchrl_mcmc.mcmc.potential_grad` and the actors' closed forms do)
+    leaves a non-finite momentum or position behind, so it is divergent too.
 
     Why the energy error: ``exp(-H)`` is the target density of ``(u, rho)``, so the energy error
     is exactly how many nats the chain's end is worse than its start, which is minus the
@@ -130,6 +134,10 @@ class HamiltonianFlow(nn.Module):
     The energy error catches that at its cause, in every dtype, whatever the gates do; a bound
     on ``|u|`` would not (a policy may place ``u0`` itself out there, and the estimate is exact
     there as long as the energy stays in range).
+
+    The settings that shape the chain (``action_dim``, ``num_steps``, ``gated``, the gates'
+    ``gate_hidden`` and ``state_dim``) are saved in the state dict, and a state saved with
+    others is refused (:class:`~torchrl_mcmc.mcmc.settings.SavedSettings`).
 
     Args:
         action_dim: ``d``.
@@ -176,13 +184,12 @@ class HamiltonianFlow(nn.Module):
         divergence_threshold: float = DIVERGENCE_THRESHOLD,
     ) -> None:
         super().__init__()
-        if action_dim < 1:
-            raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
-        if not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"num_steps must be an integer >= 0, got num_steps={num_steps!r}.")
-        if not (math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be finite and > 0, got step_size={step_size!r}.")
-        if not divergence_threshold > 0:
+        action_dim = check_integer("action_dim", action_dim, 1)
+        num_steps = check_integer("num_steps", num_steps, 0)
+        step_size = check_number("step_size", step_size)
+        if not isinstance(gated, bool):
+            raise ValueError(f"gated must be a bool, got gated={gated!r}.")
+        if isinstance(divergence_threshold, bool) or not divergence_threshold > 0:
             raise ValueError(
                 "divergence_threshold must be > 0, got "
                 f"divergence_threshold={divergence_threshold!r}."
@@ -192,6 +199,18 @@ class HamiltonianFlow(nn.Module):
         self.num_steps = num_steps
         self.log_step_size = nn.Parameter(torch.full((action_dim,), math.log(step_size)))
         self.gate = GradientGate(action_dim, gate_hidden, state_dim) if gated else None
+
+    def settings(self) -> dict[str, int | bool | None]:
+        """``action_dim``, ``num_steps``, ``gated`` and the gates' ``gate_hidden`` and
+        ``state_dim`` (``None`` without gates): saved in the state dict, checked on load."""
+        gate = self.gate
+        return {
+            "action_dim": self.action_dim,
+            "num_steps": self.num_steps,
+            "gated": gate is not None,
+            "gate_hidden": None if gate is None else gate.hidden,
+            "state_dim": None if gate is None else gate.state_dim,
+        }
 
     @property
     def step_size(self) -> Tensor:
@@ -277,8 +296,9 @@ class HamiltonianFlow(nn.Module):
                 energy_error = _energy(potential_fn, final.position, final.momentum) - _energy(
                     potential_fn, position, momentum
                 )
-            # NaN compares false: a NaN energy error is divergent too.
-            ok = ok & (energy_error <= self.divergence_threshold)
+            # -inf (a potential of -inf at the end, +inf at the start) is no gain, and NaN
+            # compares false: both are divergent.
+            ok = ok & energy_error.isfinite() & (energy_error <= self.divergence_threshold)
         keep = ok.unsqueeze(-1)
         return FlowOutput(
             position=torch.where(keep, final.position, position),

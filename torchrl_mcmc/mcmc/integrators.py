@@ -33,6 +33,7 @@ __all__ = [
     "init_state",
     "integrate",
     "leapfrog_step",
+    "mark_non_finite",
     "potential_grad",
 ]
 
@@ -71,6 +72,10 @@ def potential_grad(
     differentiable w.r.t. whatever produced ``position`` and w.r.t. the parameters inside
     ``potential_fn`` (training through the chain).
 
+    Where the potential itself is not finite, the gradient is NaN, whatever autograd made of it
+    (the gradient of a constant NaN or inf is 0): a position where ``U`` is undefined is no
+    place to step from, and the chains' divergence guards flag what a NaN force leaves behind.
+
     Args:
         potential_fn: maps ``[*batch, d]`` positions to ``[*batch]`` potentials. Samples must be
             independent (the gradient of the sum is taken).
@@ -80,16 +85,37 @@ def potential_grad(
         create_graph: keep the graph of the gradient computation.
 
     Examples:
-        >>> q = torch.tensor([[1.0, -2.0]])
+        >>> q = torch.tensor([[1.0, -2.0], [0.0, 5.0]])
         >>> potential_grad(lambda x: 0.5 * (x**2).sum(-1), q, create_graph=False)
-        tensor([[ 1., -2.]])
+        tensor([[ 1., -2.],
+                [ 0.,  5.]])
+        >>> far = lambda x: torch.where(x[:, 1] > 4, torch.inf, 0.5 * (x**2).sum(-1))
+        >>> potential_grad(far, q, create_graph=False)
+        tensor([[ 1., -2.],
+                [nan, nan]])
     """
     with torch.enable_grad():
         if not create_graph or not position.requires_grad:
             position = position.detach().requires_grad_(True)
         potential = potential_fn(position)
         (grad,) = torch.autograd.grad(potential.sum(), position, create_graph=create_graph)
-    return grad
+    return mark_non_finite(grad, potential)
+
+
+def mark_non_finite(grad: Tensor, value: Tensor) -> Tensor:
+    """``grad`` (``[*batch, d]``), NaN in the rows where ``value`` (``[*batch]``) is not finite.
+
+    How a gradient function reports a potential (or a critic's value) it found NaN or infinite
+    at a position: the chains stay free of data-dependent branches (they compile into one
+    graph), and the NaN force makes that sample divergent.
+
+    Examples:
+        >>> mark_non_finite(torch.ones(3, 2), torch.tensor([0.0, torch.inf, torch.nan]))
+        tensor([[1., 1.],
+                [nan, nan],
+                [nan, nan]])
+    """
+    return grad.where(value.isfinite().unsqueeze(-1), torch.nan)
 
 
 def init_state(position: Tensor, momentum: Tensor, force_fn: ForceFn) -> LeapfrogState:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from torchrl_mcmc.mcmc.integrators import potential_grad
 from torchrl_mcmc.mcmc.nets import run_tanh_mlp, tanh_mlp
+from torchrl_mcmc.mcmc.settings import SavedSettings, check_integer, check_number
 
 __all__ = [
     "LangevinCoupling",
@@ -134,16 +135,10 @@ class LangevinCoupling(nn.Module):
             raise ValueError(
                 f"mask must be a 1-d boolean tensor with at least one False, got {mask.tolist()}."
             )
-        if not isinstance(state_dim, int) or state_dim < 0:
-            raise ValueError(f"state_dim must be an integer >= 0, got state_dim={state_dim!r}.")
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be an integer >= 1, got hidden={hidden!r}.")
-        if not (math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be finite and > 0, got step_size={step_size!r}.")
-        if not (math.isfinite(scale_bound) and scale_bound > 0):
-            raise ValueError(
-                f"scale_bound must be finite and > 0, got scale_bound={scale_bound!r}."
-            )
+        state_dim = check_integer("state_dim", state_dim, 0)
+        hidden = check_integer("hidden", hidden, 1)
+        step_size = check_number("step_size", step_size)
+        scale_bound = check_number("scale_bound", scale_bound)
         in_features = int(mask.sum()) + state_dim
         if in_features == 0:
             raise ValueError(
@@ -221,12 +216,20 @@ class LangevinFlowOutput(NamedTuple):
     divergent: Tensor
 
 
-class LangevinFlow(nn.Module):
+class LangevinFlow(SavedSettings, nn.Module):
     """``K`` Langevin coupling layers with alternating masks (eq. 8), the parameters ``h``.
 
     Divergence guard (as :class:`~torchrl_mcmc.mcmc.HamiltonianFlow`): where the end point is
     not finite, that sample falls back to its start ``u0`` (the base policy's action) and
-    ``divergent`` flags it; nothing silently turns into NaN.
+    ``divergent`` flags it; nothing silently turns into NaN. A non-finite gradient in any layer
+    (or a gradient function's NaN mark of a non-finite potential value, as
+    :func:`~torchrl_mcmc.mcmc.potential_grad` and the actors' closed forms make it) stays in
+    the coordinates it reached, so it is divergent too. The potential's value at the end point
+    is not evaluated (the flow needs none).
+
+    The settings that shape the flow (``action_dim``, ``num_layers``, ``hidden``,
+    ``state_dim``, ``scale_bound``) are saved in the state dict, and a state saved with others
+    is refused (:class:`~torchrl_mcmc.mcmc.settings.SavedSettings`).
 
     Args:
         action_dim: ``d >= 1``.
@@ -258,13 +261,13 @@ class LangevinFlow(nn.Module):
         scale_bound: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(action_dim, int) or action_dim < 1:
-            raise ValueError(f"action_dim must be an integer >= 1, got {action_dim!r}.")
-        if not isinstance(num_layers, int) or num_layers < 0:
-            raise ValueError(f"num_layers must be an integer >= 0, got num_layers={num_layers!r}.")
+        action_dim = check_integer("action_dim", action_dim, 1)
+        num_layers = check_integer("num_layers", num_layers, 0)
         self.action_dim = action_dim
         self.num_layers = num_layers
-        self.state_dim = state_dim
+        self.state_dim = check_integer("state_dim", state_dim, 0)
+        self.hidden = check_integer("hidden", hidden, 1)
+        self.scale_bound = check_number("scale_bound", scale_bound)
         self.layers = nn.ModuleList(
             LangevinCoupling(
                 mask,
@@ -275,6 +278,17 @@ class LangevinFlow(nn.Module):
             )
             for mask in alternating_masks(action_dim, num_layers)
         )
+
+    def settings(self) -> dict[str, int | float]:
+        """``action_dim``, ``num_layers``, ``hidden``, ``state_dim`` and ``scale_bound``: saved
+        in the state dict, checked on load."""
+        return {
+            "action_dim": self.action_dim,
+            "num_layers": self.num_layers,
+            "hidden": self.hidden,
+            "state_dim": self.state_dim,
+            "scale_bound": self.scale_bound,
+        }
 
     @property
     def step_size(self) -> Tensor:

@@ -4,12 +4,17 @@ critic, at the same number of critic evaluations per action as ``K = N - 1`` cha
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
+from torchrl.data import Composite
 
+from torchrl_mcmc.mcmc.settings import check_integer
 from torchrl_mcmc.modules._fast_paths import plain_policy, policy_dist
 from torchrl_mcmc.modules.common import MCMCActorBase, unique_keys
 
@@ -29,6 +34,15 @@ class BestOfNActor(MCMCActorBase):
     critic hand-over of the package's actors: a loss binds the critics it trains with
     :meth:`bind_critic_params` (:class:`~torchrl_mcmc.objectives.BestOfNSACLoss` does), and the
     actor's ``state_dict`` carries them.
+
+    Non-finite values follow the package's policy (docs/method.md, "Non-finite values"): an
+    observation with a NaN or an inf raises a ``ValueError`` naming its key and rows, and a
+    candidate whose critic value is NaN or infinite is never the best (where none is finite,
+    the first is taken, as a divergent chain falls back to its start, and a warning is logged).
+    The densities are the policy distribution's own, as SAC's are (that makes ``N = 1`` exactly
+    SAC): their scale floor is the policy's (``NormalParamExtractor``'s ``scale_lb``). The
+    state dict holds ``num_samples`` and ``action_dim`` (``None`` for a policy without a spec),
+    and a state saved with others is refused on load.
 
     Args:
         policy: a TorchRL probabilistic actor (e.g. SAC's ``ProbabilisticActor`` with a
@@ -75,10 +89,7 @@ class BestOfNActor(MCMCActorBase):
                 "policy must be a tensordict ProbabilisticTensorDictSequential (e.g. torchrl's "
                 f"ProbabilisticActor), got {type(policy).__name__}."
             )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                f"num_samples must be an integer >= 1, got num_samples={num_samples!r}."
-            )
+        num_samples = check_integer("num_samples", num_samples, 1)
         if action_key is None:
             action_key = policy.dist_sample_keys[0]
         self._check_critic(critic, action_key, "Pass action_key=... or build the critic on it.")
@@ -86,9 +97,16 @@ class BestOfNActor(MCMCActorBase):
         self._set_critic(critic, action_key)
         self.register_module("critic_params", None)
         self.num_samples = num_samples
+        spec = getattr(policy, "spec", None)
+        has_spec = isinstance(spec, Composite) and action_key in spec.keys(True)
+        self.action_dim: int | None = spec[action_key].shape[-1] if has_spec else None
         self._plain_policy = plain_policy(policy)
         self.in_keys = unique_keys([*policy.in_keys, *self._critic_state_keys])
         self.out_keys = [action_key]
+
+    def settings(self) -> dict[str, Any]:
+        """``num_samples`` and ``action_dim``: saved in the state dict and checked on load."""
+        return {"num_samples": self.num_samples, "action_dim": self.action_dim}
 
     def select(self, tensordict: TensorDictBase, explore: bool = True) -> tuple[Tensor, Tensor]:
         """The chosen actions ``[*batch, d]`` and their policy log-densities ``[*batch]``.
@@ -110,11 +128,31 @@ class BestOfNActor(MCMCActorBase):
             states = tensordict.select(*self._critic_state_keys)
             flat = states.expand(self.num_samples, *states.batch_size).reshape(-1)
             values = self.critic_value(flat, candidates.reshape(-1, candidates.shape[-1]))
-            best = values.reshape(log_prob.shape).argmax(0)  # [*batch]
+            values = values.reshape(log_prob.shape)
+            # argmax would pick a NaN: a candidate of non-finite value never wins, and where
+            # none is finite the first (all -inf) is taken.
+            scored = values.where(values.isfinite(), -torch.inf)
+            self._warn_unscored(scored)
+            best = scored.argmax(0)  # [*batch]
             index = best.unsqueeze(0).unsqueeze(-1).expand(1, *candidates.shape[1:])
             action = candidates.gather(0, index).squeeze(0)
             return action, log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
 
+    def _warn_unscored(self, scored: Tensor) -> None:
+        """Logs the states with no candidate of finite value (not inside ``torch.compile``, as
+        :meth:`_warn_divergent`)."""
+        if torch.compiler.is_compiling():
+            return
+        unscored = scored.isneginf().all(0)
+        if unscored.any():
+            logging.getLogger(__name__).warning(
+                "BestOfNActor: the critic's value is not finite for any candidate at %d of %d "
+                "states; they take the first candidate.",
+                int(unscored.sum()),
+                unscored.numel(),
+            )
+
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._check_inputs(tensordict)
         action, _ = self.select(tensordict, explore=self._explores())
         return tensordict.set(self.action_key, action)

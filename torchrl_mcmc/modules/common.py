@@ -1,13 +1,30 @@
-"""What :class:`~torchrl_mcmc.HMCActor` and :class:`~torchrl_mcmc.LangevinFlowActor` share:
-the critic they evaluate (and its fast path), the hand-over of the critic a loss trains, and the
-frozen prior snapshot."""
+"""What the package's actors share: the critic they evaluate (and its fast path), the
+hand-over of the critic a loss trains, the frozen prior snapshot, their saved settings and the
+check of their inputs.
+
+**Non-finite values** (one policy for the three actors, and for the package's losses):
+
+* in the observations an actor is given (any floating-point entry of its ``in_keys``): a
+  ``ValueError`` naming the key and the number of bad rows, once per call, before anything is
+  computed (:func:`check_finite_inputs`). The environment (or a transform) produced them, and
+  no action can be computed from them.
+* in a chain (a critic value or gradient that is NaN or infinite at any step, or a non-finite
+  end or energy error): that sample is divergent. It falls back to its start ``u0``, is flagged
+  in the output's ``divergent`` entry, counted by the losses' ``num_divergent`` and logged.
+  :class:`~torchrl_mcmc.BestOfNActor` never picks a candidate whose value is not finite.
+* a policy scale below ``SCALE_LB`` (``1e-4``, TorchRL's ``NormalParamExtractor`` floor)
+  is raised to it by :class:`~torchrl_mcmc.HMCActor`: a scale of 0 would make ``u0_log_prob``
+  NaN.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
-import math
-from collections.abc import Callable, Sequence
-from typing import Literal
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -17,11 +34,63 @@ from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.data import Bounded, TensorSpec
 
+from torchrl_mcmc.mcmc.integrators import mark_non_finite
+from torchrl_mcmc.mcmc.settings import SavedSettings, check_number, check_saved_settings
 from torchrl_mcmc.modules._fast_paths import PiecewiseLinearCritic, mean_minus_std
 
-__all__ = ["MCMCActorBase", "PotentialCritic"]
+__all__ = ["MCMCActorBase", "PotentialCritic", "check_finite_inputs"]
 
 PotentialCritic = Literal["min", "first", "mean_std"]
+
+
+def check_finite_inputs(owner: str, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
+    """Raises a ``ValueError`` if a floating-point entry ``keys`` of ``tensordict`` holds a NaN
+    or an inf, naming each bad key with its number of bad rows (batch elements).
+
+    One synchronisation when everything is finite. Under ``torch.compile`` the test is in the
+    compiled graph and only the raise runs eagerly (a graph cannot raise on a tensor's value):
+    the compiled actor splits once, there, before the chain's one graph. Keys the tensordict
+    lacks are left to the code that reads them.
+
+    Args:
+        owner: who checks, for the message (the actor's class name).
+        tensordict: the actor's input.
+        keys: the entries to check (non-floating ones are skipped).
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict({"observation": torch.zeros(4, 3)}, batch_size=[4])
+        >>> check_finite_inputs("MyActor", td, ["observation"])  # finite: nothing happens
+        >>> td["observation"][1:3, 0] = float("nan")
+        >>> check_finite_inputs("MyActor", td, ["observation"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: MyActor: the environment produced NaN or inf in 'observation' (2 of 4 rows)...
+    """
+    entries = [(key, tensordict.get(key, None)) for key in keys]
+    entries = [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
+    if entries:
+        finite = torch.stack([t.isfinite().all() for _, t in entries]).all()
+        _raise_if_not_finite(owner, finite, entries, tensordict.batch_size.numel())
+
+
+@torch.compiler.disable
+def _raise_if_not_finite(
+    owner: str, finite: Tensor, entries: list[tuple[NestedKey, Tensor]], rows: int
+) -> None:
+    """:func:`check_finite_inputs`' raise, eagerly: the test ``finite`` was computed in the
+    graph (cheaper than a graph break that hands the tensordict over)."""
+    if bool(finite):
+        return
+    bad = []
+    for key, value in entries:
+        count = int((~value.isfinite()).reshape(rows, -1).any(-1).sum())
+        if count:
+            bad.append(f"{key!r} ({count} of {rows} rows)")
+    raise ValueError(
+        f"{owner}: the environment produced NaN or inf in {', '.join(bad)}; no action can be "
+        "computed from them. Check the environment and its transforms."
+    )
 
 
 def unique_keys(keys: Sequence[NestedKey]) -> list[NestedKey]:
@@ -33,7 +102,7 @@ def unique_keys(keys: Sequence[NestedKey]) -> list[NestedKey]:
     return out
 
 
-class MCMCActorBase(TensorDictModuleBase):
+class MCMCActorBase(SavedSettings, TensorDictModuleBase):
     """Base of the package's actors; subclasses set ``policy``, ``prior``, the critic, ``beta``
     and the action box (``action_low``, ``action_high`` buffers).
 
@@ -44,6 +113,10 @@ class MCMCActorBase(TensorDictModuleBase):
     :meth:`_squashed_potential_grad`): both take the closed-form fast path of
     :class:`~torchrl_mcmc.modules._fast_paths.PiecewiseLinearCritic` for the usual ReLU
     ``MLP`` critic and the critic's own TensorDict interface (with autograd) for any other.
+
+    A subclass's ``forward`` starts with :meth:`_check_inputs`, and it defines
+    :meth:`settings` (saved in its state dict and checked, with its chain's, before anything is
+    loaded) and :attr:`PAPER_KWARGS`.
     """
 
     critic: TensorDictModuleBase
@@ -51,7 +124,71 @@ class MCMCActorBase(TensorDictModuleBase):
     action_key: NestedKey
     value_key: NestedKey
 
+    #: The keyword arguments of the paper's configuration, ``Actor(policy, critic,
+    #: **Actor.PAPER_KWARGS)``: what differs from the defaults, which are the recipes' (the
+    #: recommended configuration).
+    PAPER_KWARGS: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    # ------------------------------------------------------------------ construction
+    def _warn_ignored(self, reason: str, **given: Any) -> None:
+        """Warns that the constructor arguments ``given`` are ignored (``reason`` says why),
+        those left at their defaults aside."""
+        defaults = inspect.signature(type(self)).parameters
+        ignored = [
+            f"{name}={value!r}" for name, value in given.items() if value != defaults[name].default
+        ]
+        if ignored:
+            warnings.warn(
+                f"{type(self).__name__}: {', '.join(ignored)} ignored: {reason}.", stacklevel=3
+            )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Refuses a state saved with other settings (this actor's and its chain's,
+        :meth:`settings`) before anything is loaded, then restores the bound critic parameters
+        (``critic_params.*``) too, loss or no loss.
+
+        ``critic_params`` is registered as ``None`` until a loss binds its parameters, and
+        ``nn.Module`` loads nothing into a ``None`` child, nor reports its keys as unexpected
+        (the name is registered): a freshly built actor would silently act with its untrained
+        critic module. So when the state dict carries critic parameters and none are bound, a
+        container of the saved shape is bound first and the usual recursion fills it. Saved
+        critic parameters that do not fit this actor's critic raise here, naming the key, even
+        with ``strict=False``: acting with part of a critic is never what was saved.
+        """
+        check_saved_settings(self, state_dict, prefix)
+        key_prefix = f"{prefix}critic_params."
+        saved = {k[len(key_prefix) :]: v for k, v in state_dict.items() if k.startswith(key_prefix)}
+        if saved:
+            num_critics = self._check_saved_critic_params(saved, key_prefix)
+            if self.critic_params is None:
+                self.bind_critic_params(self._critic_params_like(num_critics))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     # ------------------------------------------------------------------ acting
+    def _check_inputs(self, tensordict: TensorDictBase) -> None:
+        """:func:`check_finite_inputs` on the actor's ``in_keys``: what ``forward`` does first."""
+        check_finite_inputs(type(self).__name__, tensordict, self.in_keys)
+
+    def _check_action_dim(self, value: Tensor, what: str) -> None:
+        """A ``ValueError`` naming both dimensions unless ``value``'s last one is the action
+        spec's (a shape check: nothing for a compiled graph to branch on)."""
+        if value.shape[-1] != self.action_dim:
+            raise ValueError(
+                f"{type(self).__name__}: {what} has dimension {value.shape[-1]}, but the action "
+                f"spec's is {self.action_dim}; build the policy for the action spec."
+            )
+
     @property
     def default_interaction_type(self) -> InteractionType:
         """The wrapped policy's default, used when no interaction type is set."""
@@ -121,12 +258,7 @@ class MCMCActorBase(TensorDictModuleBase):
                 "potential_critic must be 'min', 'first' or 'mean_std', got "
                 f"potential_critic={potential_critic!r}."
             )
-        if isinstance(pessimism, bool) or not (
-            isinstance(pessimism, (int, float)) and math.isfinite(pessimism) and pessimism >= 0
-        ):
-            raise ValueError(
-                f"pessimism must be a finite number >= 0, got pessimism={pessimism!r}."
-            )
+        pessimism = check_number("pessimism", pessimism, positive=False)
         if potential_critic != "mean_std" and pessimism != 1.0:
             raise ValueError(
                 f"pessimism={pessimism!r} is read only with potential_critic='mean_std', got "
@@ -185,36 +317,6 @@ class MCMCActorBase(TensorDictModuleBase):
                 f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
             )
         self.critic_params = params
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Tensor],
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """Restores the bound critic parameters (``critic_params.*``) too, loss or no loss.
-
-        ``critic_params`` is registered as ``None`` until a loss binds its parameters, and
-        ``nn.Module`` loads nothing into a ``None`` child, nor reports its keys as unexpected
-        (the name is registered): a freshly built actor would silently act with its untrained
-        critic module. So when the state dict carries critic parameters and none are bound, a
-        container of the saved shape is bound first and the usual recursion fills it. Saved
-        critic parameters that do not fit this actor's critic raise here, naming the key, even
-        with ``strict=False``: acting with part of a critic is never what was saved.
-        """
-        key_prefix = f"{prefix}critic_params."
-        saved = {k[len(key_prefix) :]: v for k, v in state_dict.items() if k.startswith(key_prefix)}
-        if saved:
-            num_critics = self._check_saved_critic_params(saved, key_prefix)
-            if self.critic_params is None:
-                self.bind_critic_params(self._critic_params_like(num_critics))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def _check_saved_critic_params(self, saved: dict[str, Tensor], key_prefix: str) -> int:
         """How many critics ``saved`` stacks (entries named as in ``critic_params``' state dict).
@@ -323,6 +425,9 @@ class MCMCActorBase(TensorDictModuleBase):
         Set up once per chain (or flow). ``create_graph`` keeps the gradient's graph (to the
         action and to parameters that require gradients) wherever it is not identically zero;
         without it the critic's parameters are detached, as acting needs ``grad_a Q`` only.
+        Where ``Q`` itself is NaN or infinite the gradient is NaN
+        (:func:`~torchrl_mcmc.mcmc.integrators.mark_non_finite`), whatever its derivative: the
+        chain's step there is divergent, as one with a non-finite gradient.
 
         The usual critic, a ReLU ``MLP`` in a ``ValueOperator``/``TensorDictModule``, gets the
         gradient in closed form (:class:`PiecewiseLinearCritic`), and when its parameters need
@@ -354,10 +459,18 @@ class MCMCActorBase(TensorDictModuleBase):
                 # whole answer, create_graph or not.
                 if self.potential_critic == "mean_std":
                     pessimism = self.pessimism
-                    return lambda action: bound.mean_std_value_and_grad(action.detach(), pessimism)[
-                        1
-                    ]
-                return lambda action: bound.min_value_and_grad(action.detach())[1]
+
+                    def closed_form(action: Tensor) -> Tensor:
+                        value, grad = bound.mean_std_value_and_grad(action.detach(), pessimism)
+                        return mark_non_finite(grad, value)
+
+                else:
+
+                    def closed_form(action: Tensor) -> Tensor:
+                        value, grad = bound.min_value_and_grad(action.detach())
+                        return mark_non_finite(grad, value)
+
+                return closed_form
 
             def min_value(action: Tensor) -> Tensor:
                 return self.scored_value(bound.values(action))
@@ -372,10 +485,9 @@ class MCMCActorBase(TensorDictModuleBase):
             with torch.enable_grad():
                 if not (create_graph and action.requires_grad):
                     action = action.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(
-                    min_value(action).sum(), action, create_graph=create_graph
-                )
-            return grad
+                value = min_value(action)
+                (grad,) = torch.autograd.grad(value.sum(), action, create_graph=create_graph)
+            return mark_non_finite(grad, value)
 
         return by_autograd
 

@@ -6,9 +6,9 @@ Paper §3.2, §4.2, Algorithms 1–2; docs/method.md §1.1.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from tensordict import TensorDictBase
@@ -25,14 +25,23 @@ from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, squash_log_det
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
+from torchrl_mcmc.mcmc.settings import check_integer, check_number
 from torchrl_mcmc.modules._fast_paths import plain_policy, policy_dist
 from torchrl_mcmc.modules.common import MCMCActorBase, PotentialCritic, unique_keys
 
-__all__ = ["HMCActor", "HMCSample"]
+__all__ = ["SCALE_LB", "HMCActor", "HMCSample"]
 
 _GAUSSIAN_CLASSES = (TanhNormal, IndependentNormal, D.Normal)
 
 Prior = Literal["policy", "uniform"]
+
+#: The floor of the policy's (and the prior's) standard deviation in the unsquashed space, the
+#: ``scale_lb`` default of TorchRL's :class:`~torchrl.modules.NormalParamExtractor`. A policy
+#: built with it never goes below; any other is raised to it, in every density the actor and
+#: its loss compute: a scale of 0 would make ``u0_log_prob`` NaN and the prior's precision
+#: infinite. The floor is a clamp, in the compiled graph, rather than an error: a collapsing
+#: policy's scale underflowing to 0 is a numerical event of training, not a user's mistake.
+SCALE_LB = 1e-4
 
 
 class HMCSample(NamedTuple):
@@ -49,9 +58,11 @@ class HMCSample(NamedTuple):
         rhoK: the final momentum (``rho0`` where it diverged).
         log_prob: ``log pi_theta(u0 | s)``.
         loc: ``pi_theta``'s mean in the unsquashed space.
-        scale: ``pi_theta``'s standard deviation in the unsquashed space.
+        scale: ``pi_theta``'s standard deviation in the unsquashed space (at least
+            :data:`SCALE_LB`).
         prior_loc: the frozen prior ``pi_theta_t``'s mean (``None`` with the uniform prior).
-        prior_scale: the frozen prior's standard deviation (``None`` with the uniform prior).
+        prior_scale: the frozen prior's standard deviation (at least :data:`SCALE_LB`;
+            ``None`` with the uniform prior).
         divergent: ``True`` where the chain diverged (a non-finite end, or an energy error
             past the flow's ``divergence_threshold``) and fell back to ``(u0, rho0)``.
     """
@@ -70,9 +81,10 @@ class HMCSample(NamedTuple):
 
 
 def _gaussian_params(dist: D.Distribution) -> tuple[Tensor, Tensor]:
-    """Mean and standard deviation of a policy distribution in the unsquashed space."""
+    """Mean and standard deviation of a policy distribution in the unsquashed space, the
+    standard deviation floored at :data:`SCALE_LB`."""
     base = dist.base_dist if isinstance(dist, TanhNormal) else dist
-    return base.mean, base.stddev
+    return base.mean, base.stddev.clamp_min(SCALE_LB)
 
 
 def _probabilistic_module(
@@ -101,12 +113,30 @@ class HMCActor(MCMCActorBase):
     ``(uK, rhoK)`` is exactly ``pi_theta(u0|s) N(rho0)`` (eq. 16) and never evaluated out of
     bounds.
 
+    **Defaults and the paper's configuration.** The defaults are the recipes' (the
+    recommended configuration, ``examples/hmc_sac.py``): the uniform prior, SAC's
+    maximum-entropy target with ``beta`` as its temperature (tuned by
+    :class:`~torchrl_mcmc.HMCLoss`), and the first critic alone in the potential. The paper's
+    configuration is :attr:`PAPER_KWARGS` away, ``HMCActor(policy, critic,
+    **HMCActor.PAPER_KWARGS)``: the previous policy as prior, the critics' minimum, and
+    ``beta = 0.05`` to start (what ``variant=paper`` composes; docs/method.md §2).
+
     Acting follows TorchRL's interaction types: under ``RANDOM`` (what collectors set for
     exploration) ``u0`` and ``rho0`` are sampled; under ``DETERMINISTIC``/``MODE``/``MEAN`` the
     chain starts from the base mode ``u0 = loc`` with ``rho0 = 0`` and is fully deterministic.
     With no interaction type set, the wrapped policy's ``default_interaction_type`` decides.
     The chain switches autograd on for its own ``grad_u U`` evaluations, so it works inside a
     collector's :func:`torch.no_grad`; written outputs are detached.
+
+    **Non-finite values** (docs/method.md, "Non-finite values"): an observation with a NaN or
+    an inf raises a ``ValueError`` naming its key and rows, before anything is computed; a
+    chain whose critic value or gradient is not finite at any step (or whose end or energy
+    error is not finite) is divergent and falls back to ``(u0, rho0)``; the policy's scale is
+    floored at :data:`SCALE_LB`.
+
+    **Saved settings.** The state dict holds ``action_dim``, ``prior``, ``potential_critic``
+    and ``pessimism`` (and the flow's ``num_steps``, ``gated``, ``gate_hidden`` and gate
+    ``state_dim``): a state saved with others is refused on load, naming each.
 
     **The critic the actor sees.** TorchRL losses keep their critic parameters to themselves
     (``convert_to_functional``; with twin critics they even create new ones). A loss that trains
@@ -133,15 +163,18 @@ class HMCActor(MCMCActorBase):
             state, the paper's default). Requires ``gate_state_dim``.
         gate_state_dim: width of ``gate_state_key``'s last dimension.
         beta: initial multiplier ``beta > 0`` of the prior term (a buffer that a PID controller,
-            or the entropy tuning of :class:`~torchrl_mcmc.HMCLoss`, overwrites).
-        prior: the chain's prior. ``"policy"`` (the paper's): the frozen previous policy
-            ``pi_theta_t``, ``U(u) = -(Q / beta + log pi_theta_t(u|s))``. ``"uniform"``: uniform
-            over the action box, i.e. SAC's maximum-entropy target ``exp(Q / alpha)`` with
-            ``beta`` as the temperature ``alpha``: in ``u`` it is the squash's log-determinant,
-            ``U(u) = -(Q / beta + log|det da/du|(u))``.
-        potential_critic: which critics ``Q`` in the potential reads. ``"min"``: the minimum
-            over the bound critics (as SAC's policy objective). ``"first"``: the first critic
-            alone, one critic evaluation per step instead of one per critic. ``"mean_std"``:
+            or the entropy tuning of :class:`~torchrl_mcmc.HMCLoss`, overwrites). With the
+            uniform prior it is the temperature ``alpha``, and ``HMCLoss`` starts it at its
+            ``alpha_init`` (``1.0``, as this default); the paper's start is ``0.05``.
+        prior: the chain's prior. ``"uniform"`` (the default): uniform over the action box,
+            i.e. SAC's maximum-entropy target ``exp(Q / alpha)`` with ``beta`` as the
+            temperature ``alpha``: in ``u`` it is the squash's log-determinant,
+            ``U(u) = -(Q / beta + log|det da/du|(u))``. ``"policy"`` (the paper's): the frozen
+            previous policy ``pi_theta_t``, ``U(u) = -(Q / beta + log pi_theta_t(u|s))``.
+        potential_critic: which critics ``Q`` in the potential reads. ``"first"`` (the
+            default): the first critic alone, one critic evaluation per step instead of one per
+            critic. ``"min"`` (the paper's): the minimum over the bound critics (as SAC's policy
+            objective). ``"mean_std"``:
             ``mean - pessimism * std`` over the critics, a lower confidence bound against
             the chain climbing into actions the critics overrate (with twin critics,
             ``pessimism=1`` is their minimum). ``"mean_std"`` also sets the ``Q`` that
@@ -149,8 +182,8 @@ class HMCActor(MCMCActorBase):
         pessimism: ``k >= 0`` of ``potential_critic="mean_std"`` (leave at 1 otherwise).
         action_key: where the action is written; defaults to the policy's sample key.
         hmc_key: prefix of the chain's outputs (``(hmc_key, "u0")`` ...).
-        flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``
-            and ``gate_*`` are ignored).
+        flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``,
+            ``gate_hidden`` and ``gate_state_dim`` are ignored, with a warning where set).
 
     Examples:
         >>> import torch
@@ -176,7 +209,16 @@ class HMCActor(MCMCActorBase):
         (torch.Size([8, 1]), True)
         >>> td["hmc", "uK"].shape, td["hmc", "u0_log_prob"].shape
         (torch.Size([8, 1]), torch.Size([8]))
+        >>> actor.prior_kind, actor.potential_critic  # the defaults: the recipes'
+        ('uniform', 'first')
+        >>> paper = HMCActor(policy, critic, **HMCActor.PAPER_KWARGS)
+        >>> paper.prior_kind, paper.potential_critic, round(paper.beta.item(), 2)
+        ('policy', 'min', 0.05)
     """
+
+    PAPER_KWARGS: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"prior": "policy", "potential_critic": "min", "beta": 0.05}
+    )
 
     def __init__(
         self,
@@ -191,8 +233,8 @@ class HMCActor(MCMCActorBase):
         gate_state_key: NestedKey | None = None,
         gate_state_dim: int | None = None,
         beta: float = 1.0,
-        prior: Prior = "policy",
-        potential_critic: PotentialCritic = "min",
+        prior: Prior = "uniform",
+        potential_critic: PotentialCritic = "first",
         pessimism: float = 1.0,
         action_key: NestedKey | None = None,
         hmc_key: NestedKey = "hmc",
@@ -217,17 +259,38 @@ class HMCActor(MCMCActorBase):
             action_key = policy.dist_sample_keys[0]
         self._check_critic(critic, action_key, "Pass action_key=... or build the critic on it.")
         action_spec = self._resolve_action_spec(policy, action_spec, action_key)
-        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-            raise ValueError(f"beta must be finite and > 0, got beta={beta!r}.")
-        if not torch.tensor(float(beta)).reciprocal().isfinite():
+        beta = check_number("beta", beta)
+        if not torch.tensor(beta).reciprocal().isfinite():
             # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
             raise ValueError(
                 f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
             )
-        if gate_state_key is not None and gate_state_dim is None:
+        if flow is None and gate_state_key is not None and gate_state_dim is None:
             raise ValueError("gate_state_key was given without gate_state_dim (its width).")
+        if gate_state_dim is not None:
+            check_integer("gate_state_dim", gate_state_dim, 1)
 
         action_dim = action_spec.shape[-1]
+        if flow is not None:
+            self._warn_ignored(
+                "the prebuilt flow's settings apply",
+                num_steps=num_steps,
+                step_size=step_size,
+                gated=gated,
+                gate_hidden=gate_hidden,
+                gate_state_dim=gate_state_dim,
+            )
+        elif not gated:
+            self._warn_ignored(
+                "gated=False builds no gates",
+                gate_hidden=gate_hidden,
+                gate_state_key=gate_state_key,
+                gate_state_dim=gate_state_dim,
+            )
+        elif gate_state_key is None:
+            self._warn_ignored(
+                "the gates read no state without gate_state_key", gate_state_dim=gate_state_dim
+            )
         if flow is None:
             flow = HamiltonianFlow(
                 action_dim,
@@ -245,6 +308,7 @@ class HMCActor(MCMCActorBase):
         self.policy = policy
         self._set_critic(critic, action_key)
         self.flow = flow
+        self.action_dim = action_dim
         self.prior_kind = prior
         # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
         self.prior = copy.deepcopy(policy).requires_grad_(False)
@@ -268,13 +332,30 @@ class HMCActor(MCMCActorBase):
     def _resolve_action_spec(
         policy: nn.Module, action_spec: TensorSpec | None, action_key: NestedKey
     ) -> Bounded:
-        if action_spec is None:
-            spec = getattr(policy, "spec", None)
-            if isinstance(spec, Composite) and action_key in spec.keys(True):
-                action_spec = spec[action_key]
-            elif isinstance(spec, TensorSpec) and not isinstance(spec, Composite):
-                action_spec = spec
-        return MCMCActorBase._check_box(action_spec, "or give the policy a spec.", "HMC")
+        spec = getattr(policy, "spec", None)
+        if isinstance(spec, Composite):
+            own = spec[action_key] if action_key in spec.keys(True) else None
+        else:
+            own = spec if isinstance(spec, TensorSpec) else None
+        action_spec = MCMCActorBase._check_box(
+            own if action_spec is None else action_spec, "or give the policy a spec.", "HMC"
+        )
+        if own is not None and own.shape[-1:] != action_spec.shape[-1:]:
+            raise ValueError(
+                f"the action spec's dimension {action_spec.shape[-1]} is not that of the "
+                f"policy's spec, {tuple(own.shape)}: build the policy for the action spec."
+            )
+        return action_spec
+
+    def settings(self) -> dict[str, Any]:
+        """``action_dim``, ``prior``, ``potential_critic`` and ``pessimism``: saved in the state
+        dict and checked on load, with the flow's (:meth:`HamiltonianFlow.settings`)."""
+        return {
+            "action_dim": self.action_dim,
+            "prior": self.prior_kind,
+            "potential_critic": self.potential_critic,
+            "pessimism": self.pessimism,
+        }
 
     # ------------------------------------------------------------------ the chain
     def log_prior(self, u: Tensor, prior_loc: Tensor | None, prior_scale: Tensor | None) -> Tensor:
@@ -425,6 +506,7 @@ class HMCActor(MCMCActorBase):
         """
         plain = self._plain_policy
         loc, scale = _gaussian_params(policy_dist(self.policy, tensordict, plain))
+        self._check_action_dim(loc, "the policy's action")
         prior_loc = prior_scale = None
         if self.prior_kind == "policy":
             prior_loc, prior_scale = _gaussian_params(policy_dist(self.prior, tensordict, plain))
@@ -467,6 +549,7 @@ class HMCActor(MCMCActorBase):
         e.g. for a TD target that skips the chain. Same fields as :meth:`sample`; no graph."""
         with torch.no_grad():
             loc, scale = _gaussian_params(policy_dist(self.policy, tensordict, self._plain_policy))
+            self._check_action_dim(loc, "the policy's action")
             u0 = loc + scale * torch.randn_like(loc)
             rho0 = torch.randn_like(loc)
             action = squash(u0, self.action_low.to(loc.dtype), self.action_high.to(loc.dtype))
@@ -485,6 +568,7 @@ class HMCActor(MCMCActorBase):
             )
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._check_inputs(tensordict)
         with torch.no_grad():
             out = self.sample(tensordict, explore=self._explores())
         tensordict.set(self.action_key, out.action)

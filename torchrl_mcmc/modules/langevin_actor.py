@@ -6,9 +6,8 @@ Paper §3.1, eqs. 6–9; docs/method.md §1.2.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tensordict import TensorDictBase
@@ -21,6 +20,7 @@ from torchrl.modules import TanhModule
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
+from torchrl_mcmc.mcmc.settings import check_number
 from torchrl_mcmc.modules._fast_paths import (
     deterministic_policy_output,
     plain_deterministic_policy,
@@ -143,6 +143,20 @@ class LangevinFlowActor(MCMCActorBase):
     in closed form, as :class:`~torchrl_mcmc.HMCActor` does; any other critic gets it from
     autograd. Both give the same actions, losses and gradients.
 
+    **Defaults and the paper's configuration.** The defaults are the recipes'
+    (``examples/ld_td3.py``), and the paper's configuration of the actor is the same
+    (:attr:`PAPER_KWARGS` is empty): what the paper adds, the PID controller of ``beta``, is the
+    training loop's (``pid.enabled=true``).
+
+    **Non-finite values** are handled as by :class:`~torchrl_mcmc.HMCActor`: an observation
+    with a NaN or an inf raises a ``ValueError`` naming its key and rows; a layer whose critic
+    value or gradient is not finite makes the flow divergent, and it falls back to ``u0``.
+
+    **Saved settings.** The state dict holds ``action_dim``, ``potential_critic``,
+    ``pessimism`` and ``distance_smoothing`` (and the flow's ``num_layers``, ``hidden``,
+    ``state_dim`` and ``scale_bound``): a state saved with others is refused on load, naming
+    each.
+
     **The critic the actor sees** is handed over exactly as for
     :class:`~torchrl_mcmc.HMCActor`: a loss that trains it calls :meth:`bind_critic_params` with
     the parameters it optimises, which the actor then evaluates and carries in its
@@ -183,7 +197,8 @@ class LangevinFlowActor(MCMCActorBase):
         pessimism: ``k >= 0`` of ``potential_critic="mean_std"`` (leave at 1 otherwise).
         flow_key: prefix of the flow's outputs (``(flow_key, "uK")`` ...).
         flow: a prebuilt :class:`~torchrl_mcmc.mcmc.LangevinFlow` (then ``num_layers``,
-            ``step_size``, ``hidden``, ``scale_bound`` and ``state_dim`` come from it).
+            ``step_size``, ``hidden``, ``scale_bound`` and ``state_dim`` come from it, and are
+            ignored with a warning where set).
 
     Examples:
         >>> import torch
@@ -237,16 +252,10 @@ class LangevinFlowActor(MCMCActorBase):
         action_key = tanh.out_keys[0]
         self._check_critic(critic, action_key, "It is the output key of the policy's TanhModule.")
         action_spec = self._resolve_action_spec(tanh, action_spec, action_key)
-        for name, value, strict in (
-            ("beta", beta, True),
-            ("distance_smoothing", distance_smoothing, True),
-            ("exploration_noise", exploration_noise, False),
-        ):
-            ok = isinstance(value, (int, float)) and math.isfinite(value)
-            if not (ok and (value > 0 if strict else value >= 0)):
-                bound = "> 0" if strict else ">= 0"
-                raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}.")
-        if not torch.tensor(float(beta)).reciprocal().isfinite():
+        beta = check_number("beta", beta)
+        distance_smoothing = check_number("distance_smoothing", distance_smoothing)
+        exploration_noise = check_number("exploration_noise", exploration_noise, positive=False)
+        if not torch.tensor(beta).reciprocal().isfinite():
             # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
             raise ValueError(
                 f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
@@ -271,6 +280,15 @@ class LangevinFlowActor(MCMCActorBase):
             raise ValueError(
                 f"flow.action_dim={flow.action_dim} does not match the action spec's {action_dim}."
             )
+        else:
+            self._warn_ignored(
+                "the prebuilt flow's settings apply",
+                num_layers=num_layers,
+                step_size=step_size,
+                hidden=hidden,
+                scale_bound=scale_bound,
+                state_dim=state_dim,
+            )
         if flow.state_dim and state_key is None:
             if len(policy.in_keys) != 1:
                 raise ValueError(
@@ -282,14 +300,15 @@ class LangevinFlowActor(MCMCActorBase):
         self.policy = policy
         self._set_critic(critic, action_key)
         self.flow = flow
+        self.action_dim = action_dim
         # The prior pi_theta_t: a frozen snapshot, refreshed explicitly, never trained.
         self.prior = copy.deepcopy(policy).requires_grad_(False)
         self.register_module("critic_params", None)
         self.register_buffer("beta", torch.tensor(float(beta)))
-        self.register_buffer("exploration_noise", torch.tensor(float(exploration_noise)))
+        self.register_buffer("exploration_noise", torch.tensor(exploration_noise))
         self.register_buffer("action_low", action_spec.space.low.detach().clone().float())
         self.register_buffer("action_high", action_spec.space.high.detach().clone().float())
-        self.distance_smoothing = float(distance_smoothing)
+        self.distance_smoothing = distance_smoothing
 
         self.base_key = tanh.in_keys[0]
         # The prior is a copy: same structure, same path.
@@ -315,6 +334,11 @@ class LangevinFlowActor(MCMCActorBase):
         low, high = action_spec.space.low, action_spec.space.high
         name = action_key if isinstance(action_key, str) else "_".join(action_key)
         tanh_low, tanh_high = getattr(tanh, f"{name}_low"), getattr(tanh, f"{name}_high")
+        if tanh_low.ndim and tanh_low.shape[-1:] != low.shape[-1:]:
+            raise ValueError(
+                f"the action spec's dimension {low.shape[-1]} is not that of the policy's "
+                f"TanhModule, {tanh_low.shape[-1]}: build the policy for the action spec."
+            )
         same = [
             torch.allclose(bound.to(ref.dtype).expand_as(ref), ref)
             for bound, ref in ((tanh_low, low), (tanh_high, high))
@@ -325,6 +349,16 @@ class LangevinFlowActor(MCMCActorBase):
                 f"spec's box is [{low}, {high}]; build the TanhModule with spec=action_spec."
             )
         return action_spec
+
+    def settings(self) -> dict[str, Any]:
+        """``action_dim``, ``potential_critic``, ``pessimism`` and ``distance_smoothing``: saved
+        in the state dict and checked on load, with the flow's (:meth:`LangevinFlow.settings`)."""
+        return {
+            "action_dim": self.action_dim,
+            "potential_critic": self.potential_critic,
+            "pessimism": self.pessimism,
+            "distance_smoothing": self.distance_smoothing,
+        }
 
     # ------------------------------------------------------------------ the flow
     def potential_fn(
@@ -437,6 +471,7 @@ class LangevinFlowActor(MCMCActorBase):
         """
         plain, base_key = self._plain_policy, self.base_key
         u0 = deterministic_policy_output(self.policy, tensordict, base_key, plain)
+        self._check_action_dim(u0, "the policy's output before its TanhModule")
         low, high = self.action_low.to(u0.dtype), self.action_high.to(u0.dtype)
         prior_u = deterministic_policy_output(self.prior, tensordict, base_key, plain)
         prior_action = squash(prior_u, low, high)
@@ -462,6 +497,7 @@ class LangevinFlowActor(MCMCActorBase):
         )
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._check_inputs(tensordict)
         mode = interaction_type()
         with torch.no_grad():
             out = self.sample(tensordict)

@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import dispatch
 from torch import Tensor
 from torchrl.objectives import SACLoss
 
 from torchrl_mcmc.modules.best_of_n import BestOfNActor
+from torchrl_mcmc.objectives.common import check_finite_batch
 
 __all__ = ["BestOfNSACLoss"]
 
@@ -25,7 +27,9 @@ class BestOfNSACLoss(SACLoss):
     target: the next action is the best of the actor's ``num_samples`` samples on ``s'`` by the
     trained critics' minimum (as the actor acts), and the target is
     ``min_i Q'_i(s', a*) - alpha * log pi(a*|s')``. The loss binds its trained critics to the
-    actor, so that collection selects with the critics trained here.
+    actor, so that collection selects with the critics trained here. As the package's other
+    losses, :meth:`forward` raises a ``ValueError`` on a batch with non-finite values
+    (observation, action, reward, next observation), naming the key, before computing anything.
 
     Args:
         actor: the :class:`~torchrl_mcmc.modules.best_of_n.BestOfNActor` to train.
@@ -73,6 +77,12 @@ class BestOfNSACLoss(SACLoss):
         super().__init__(actor.policy, actor.critic, **{**kwargs, "delay_actor": False})
         self.best_of_n = actor
         actor.bind_critic_params(self.qvalue_network_params)
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """SAC's losses, after :func:`~torchrl_mcmc.objectives.common.check_finite_batch`."""
+        check_finite_batch(type(self).__name__, tensordict, self.in_keys)
+        return super().forward(tensordict)
 
     def _compute_target_v2(self, tensordict: TensorDictBase) -> Tensor:
         """The TD target with the best-of-``N`` next action."""

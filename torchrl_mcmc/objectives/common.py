@@ -5,12 +5,30 @@ the arguments they share, the tensordict keys, the value-estimator plumbing, ``b
 actor's buffer, so acting and training read one tensor), the parameter groups, the critics'
 evaluation and TD regression, and the assembly of :meth:`~MCMCPolicyLoss.forward` are the same,
 and live here once.
+
+**Non-finite values** (one policy for every loss of the package, and for its actors):
+
+* in the batch (observation, action, reward, next observation): a ``ValueError`` naming the
+  key and the number of bad rows, before anything is computed (:func:`check_finite_batch`).
+  The data is at fault, the environment or the replay buffer, and no loss could mend it.
+* in a chain (a non-finite critic value or gradient along it, or at its end): that sample is
+  divergent. It counts in ``num_divergent``, acts with its fallback and is left out of the
+  objective.
+* in the diagnostics: averaged over the samples whose chain did not diverge; when every chain
+  of the batch diverged, the chain's diagnostics are left out of the output (``num_divergent``
+  says why). A NaN would poison every running mean and the PID's distance, and a 0 would be a
+  measurement nobody made, which the PID and the temperature would act on.
+* in the parameters (a critic blown up to inf, say): the losses are returned as they are
+  (``loss_qvalue`` inf or NaN) and left to the training loop, which must skip that step (the
+  recipes' loop does) and the priority update with it (``td_error`` is as large there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -21,8 +39,14 @@ from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
 from torchrl_mcmc.modules.common import MCMCActorBase
+from torchrl_mcmc.modules.hmc_actor import HMCSample
+from torchrl_mcmc.modules.langevin_actor import LangevinSample
 
-__all__ = ["MCMCPolicyLoss"]
+__all__ = ["Chains", "MCMCPolicyLoss", "check_finite_batch"]
+
+logger = logging.getLogger(__name__)
+
+SampleT = TypeVar("SampleT", HMCSample, LangevinSample)
 
 
 def batch_mean(values: Tensor) -> Tensor:
@@ -37,16 +61,81 @@ def parameters_of(params: TensorDictParams) -> Iterator[nn.Parameter]:
     return iter([p for p in params.values(True, True) if isinstance(p, nn.Parameter)])
 
 
+def check_finite_batch(loss: str, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
+    """Raises a ``ValueError`` if a floating-point entry ``keys`` of the batch is not finite.
+
+    The message names each bad key with the number of rows (batch elements) holding a NaN or
+    an inf. One synchronisation when everything is finite; keys the batch lacks are left to
+    the code that reads them.
+
+    Args:
+        loss: the loss's name, for the message.
+        tensordict: the batch.
+        keys: the entries to check (non-floating ones, e.g. ``done``, are skipped).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> batch = TensorDict({"observation": torch.zeros(4, 3)}, batch_size=[4])
+        >>> check_finite_batch("MyLoss", batch, ["observation"])  # finite: nothing happens
+        >>> batch["observation"][1:3, 0] = float("nan")
+        >>> check_finite_batch("MyLoss", batch, ["observation"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: MyLoss: the batch holds NaN or inf in 'observation' (2 of 4 rows); the data...
+    """
+    entries = [(key, tensordict.get(key, None)) for key in keys]
+    entries = [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
+    if not entries or bool(torch.stack([t.isfinite().all() for _, t in entries]).all()):
+        return
+    rows = tensordict.batch_size.numel()
+    bad = []
+    for key, value in entries:
+        count = int((~value.isfinite()).reshape(rows, -1).any(-1).sum())
+        if count:
+            bad.append(f"{key!r} ({count} of {rows} rows)")
+    raise ValueError(
+        f"{loss}: the batch holds NaN or inf in {', '.join(bad)}; the data is at fault (the "
+        "environment or the replay buffer), not the loss, which computed nothing."
+    )
+
+
+class Chains(NamedTuple, Generic[SampleT]):
+    """The chains a loss trains on: those of the batch that did not diverge.
+
+    Attributes:
+        sample: the actor's sample on :attr:`states` (none divergent; empty when every chain
+            of the batch diverged), with its graph.
+        states: the states of the batch whose chains are kept.
+        num_divergent: how many states of the batch were dropped (a scalar tensor).
+        value: ``Q(s, aK)`` of :attr:`sample`, the actor's scored value of the detached
+            critics: differentiable w.r.t. the action, finite.
+    """
+
+    sample: SampleT
+    states: TensorDictBase
+    num_divergent: Tensor
+    value: Tensor
+
+
 class MCMCPolicyLoss(LossModule):
     """Base of the package's losses; subclasses convert their networks and define the losses.
 
     A subclass calls ``super().__init__(actor, ...)`` (which checks and stores the shared
     arguments), then ``convert_to_functional`` for ``"actor_network"`` (the base policy) and
     :meth:`_convert_critics` (the critics, bound to ``self.actor``). It defines
-    ``actor_loss``, ``qvalue_loss`` and :meth:`flow_loss` (each returning ``(loss, metadata)``)
-    and ``_DIAGNOSTICS`` (the detached diagnostics it writes). Both chains, HMC and Langevin,
-    are an actor's ``flow``; their parameters ``h`` are :meth:`flow_parameters` and their own
-    loss is ``loss_flow``.
+    ``actor_loss``, ``qvalue_loss`` and :meth:`flow_loss` (each returning ``(loss, metadata)``,
+    each checking its batch with :meth:`_check_batch` first), ``_guarded_sample`` (the chains,
+    with :meth:`_drop_divergent`), ``_DIAGNOSTICS`` (the detached diagnostics it may write)
+    and ``PAPER_KWARGS``. Both chains, HMC and Langevin, are an actor's ``flow``; their
+    parameters ``h`` are :meth:`flow_parameters` and their own loss is ``loss_flow``.
+
+    The critic loss writes each sample's ``td_error`` (``max_j |Q_j(s, a) - target|``) into the
+    input tensordict under the ``priority`` key, as TorchRL's ``SACLoss`` and ``TD3Loss`` do,
+    so that ``buffer.update_tensordict_priority(batch)`` updates a
+    :class:`~torchrl.data.TensorDictPrioritizedReplayBuffer`. It is written by
+    :meth:`qvalue_loss` (which :meth:`forward` calls), so that a loop of delayed policy
+    updates, calling :meth:`qvalue_loss` alone, gets it too.
 
     Args:
         actor: the actor to train (type-checked by the subclass).
@@ -64,8 +153,11 @@ class MCMCPolicyLoss(LossModule):
     qvalue_network_params: TensorDictParams
     target_qvalue_network_params: TensorDictParams
 
-    #: ``forward``'s detached diagnostics, after the losses.
+    #: ``forward``'s detached diagnostics, after the losses (those the configuration has).
     _DIAGNOSTICS: tuple[str, ...]
+    #: The keyword arguments of the paper's configuration, ``Loss(actor, **Loss.PAPER_KWARGS)``:
+    #: what differs from the defaults, which are the recipes' (the recommended configuration).
+    PAPER_KWARGS: ClassVar[Mapping[str, Any]]
 
     def __init__(
         self,
@@ -106,6 +198,8 @@ class MCMCPolicyLoss(LossModule):
             reward: reward key, under ``"next"``.
             done: done key, under ``"next"``.
             terminated: terminated key, under ``"next"``.
+            priority: where the per-sample ``td_error`` is written in the input tensordict
+                (a prioritized replay buffer's ``priority_key``). Defaults to ``"td_error"``.
         """
 
         action: NestedKey = "action"
@@ -114,6 +208,7 @@ class MCMCPolicyLoss(LossModule):
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
+        priority: NestedKey = "td_error"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -158,7 +253,8 @@ class MCMCPolicyLoss(LossModule):
     def _critic_td_loss(
         self, tensordict: TensorDictBase, next_value: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Twin-critic regression on the value estimator's target, given ``V(s')``.
+        """Twin-critic regression on the value estimator's target, given ``V(s')``; writes
+        each sample's ``td_error`` into ``tensordict`` (the ``priority`` key).
 
         Args:
             tensordict: the batch.
@@ -171,7 +267,39 @@ class MCMCPolicyLoss(LossModule):
         pred = self._qvalues(tensordict, action, self.qvalue_network_params)
         loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function)
         td_error = (pred - target).abs().max(0).values.detach()
+        tensordict.set(self.tensor_keys.priority, td_error)
         return loss.sum(0).mean(), {"td_error": td_error}
+
+    # ------------------------------------------------------------------ non-finite values
+    def _check_batch(self, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
+        """:func:`check_finite_batch` on the entries ``keys`` of the batch."""
+        check_finite_batch(type(self).__name__, tensordict, keys)
+
+    def _drop_divergent(self, sample: SampleT, value: Tensor) -> Tensor | None:
+        """Which chains to drop: those the actor flagged divergent, and those whose end value
+        ``Q(s, aK)`` is not finite (a critic that returns NaN or inf there; the actor never
+        evaluates ``Q`` at the end of a Langevin flow). ``None`` when there are none: the one
+        synchronisation of a batch without divergence. Logs the chains the loss adds."""
+        drop = sample.divergent | ~value.isfinite()
+        if not drop.any():
+            return None
+        added = int((drop & ~sample.divergent).sum())
+        if added:
+            logger.warning(
+                "%s: the critic's value Q(s, aK) is not finite for %d of %d states; their "
+                "chains count as divergent.",
+                type(self).__name__,
+                added,
+                drop.numel(),
+            )
+        return drop
+
+    def _chains(
+        self, tensordict: TensorDictBase, states: TensorDictBase, sample: SampleT, value: Tensor
+    ) -> Chains[SampleT]:
+        """The :class:`Chains` kept from ``tensordict``'s: ``sample`` on ``states``."""
+        dropped = tensordict.batch_size.numel() - states.batch_size.numel()
+        return Chains(sample, states, torch.tensor(dropped, device=value.device), value)
 
     # ------------------------------------------------------------------ the losses
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
@@ -188,22 +316,29 @@ class MCMCPolicyLoss(LossModule):
 
     @property
     def out_keys(self) -> list[str]:
+        """Every key :meth:`forward` may write: the losses, then the diagnostics (the chain's
+        are left out of a batch whose chains all diverged)."""
         keys = ["loss_actor", "loss_qvalue"]
         if self.update_mode == "alternating":
             keys.insert(1, "loss_flow")
         return [*keys, *self._DIAGNOSTICS]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """All losses at the current parameters, and the detached diagnostics."""
+        """All losses at the current parameters, and the detached diagnostics; writes the
+        per-sample ``td_error`` into ``tensordict``."""
         loss_qvalue, q_meta = self.qvalue_loss(tensordict)
         loss_actor, metadata = self.actor_loss(tensordict)
         out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
         if self.update_mode == "alternating" and self.compute_flow_loss:
             out["loss_flow"], _ = self.flow_loss(tensordict)
+        out.update(self._multiplier())
         out.update(metadata)
         out["td_error"] = q_meta["td_error"].mean()
-        out["beta"] = self.beta.detach().clone()
         return TensorDict(out, batch_size=[])
+
+    def _multiplier(self) -> dict[str, Tensor]:
+        """:meth:`forward`'s entry for the multiplier of the regulariser: ``beta``."""
+        return {"beta": self.beta.detach().clone()}
 
     # ------------------------------------------------------------------ beta
     @property

@@ -1,14 +1,16 @@
 """``HMCLoss``: objective (17) for an :class:`~torchrl_mcmc.HMCActor`, with twin critics.
 
-Paper eqs. 11, 15–17 and §4.1; docs/method.md §1.1, §1.3, §1.4.
+Paper eqs. 11, 15–17 and §4.1; docs/method.md §1.1, §1.3, §1.4, §1.5.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -20,7 +22,7 @@ from torchrl_mcmc.mcmc.gaussian import (
     standard_normal_log_prob,
 )
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
-from torchrl_mcmc.objectives.common import MCMCPolicyLoss, batch_mean
+from torchrl_mcmc.objectives.common import Chains, MCMCPolicyLoss, batch_mean
 
 __all__ = ["HMCLoss"]
 
@@ -32,48 +34,79 @@ NextAction = Literal["chain", "base"]
 
 
 class HMCLoss(MCMCPolicyLoss):
-    """Objective (17) of MCMC policy optimisation, as a TorchRL loss.
+    """Objective (17) of MCMC policy optimisation, and SAC's objective through the same chain,
+    as a TorchRL loss.
 
     Per state, with ``(uK, rhoK)`` the end of the actor's chain started at
-    ``u0 ~ pi_theta(.|s)``, ``rho0 ~ N(0, I)``:
+    ``u0 ~ pi_theta(.|s)``, ``rho0 ~ N(0, I)``, and ``p`` the actor's prior:
 
     .. code-block:: text
 
-        J = Q(s, squash(uK)) - beta * [log pi_theta(u0|s) - log pi_theta_t(uK|s)]
-            - beta / 2 * rhoK . rhoK
+        J = Q(s, squash(uK)) - beta * [log pi_theta(u0|s) - log p(uK|s)] - beta / 2 * rhoK . rhoK
 
     (the ``+ beta/2 rho0.rho0`` term is constant). Gradients reach the policy ``theta`` through
     the reparameterised ``u0`` and the whole chain (double backward), and the HMC parameters
     ``h`` (step sizes, gates) through the chain. ``Q`` is the actor's
     :meth:`~torchrl_mcmc.HMCActor.scored_value` of the critics: their minimum, or
     ``mean - pessimism * std`` with ``potential_critic="mean_std"``. The critic is detached in
-    ``J``; the prior
-    ``theta_t`` is frozen and refreshed by :meth:`refresh_prior` once per policy iteration.
+    ``J``.
 
-    Outputs of :meth:`forward`:
+    **The two priors** (the actor's ``prior``):
+
+    * ``"uniform"`` (the entropy prior, docs/method.md §1.5): ``p`` is uniform over the action
+      box and ``J`` is SAC's maximum-entropy objective ``Q(s, aK) - alpha * log q(aK)`` up to
+      terms constant in the parameters, where ``log q(aK) = log pi(u0|s) + log N(rho0) -
+      log N(rhoK) - log|det da/du|(uK)`` is the auxiliary-variable estimate of the refined
+      action's log-density (exact up to the reverse kernel ``N(rhoK)``). The temperature
+      ``alpha`` (the actor's ``beta``) is tuned to ``target_entropy`` as
+      :class:`~torchrl.objectives.SACLoss` tunes it (``loss_alpha``, parameters
+      :meth:`alpha_parameters`) and written into the actor at every call, and the critic
+      target carries the same entropy term. With ``K = 0`` this is SAC.
+    * ``"policy"`` (the paper's): ``p = pi_theta_t``, the frozen previous policy, refreshed by
+      :meth:`refresh_prior` once per policy iteration; ``beta`` is set from outside
+      (``loss.beta = 0.5``, or a :class:`~torchrl_mcmc.PIDController` on ``policy_distance``).
+
+    **Defaults** are the recipes' (``examples/hmc_sac.py``): joint updates of ``theta`` and
+    ``h`` and the base policy's action in the TD target, the cheap options that, with the
+    actor's uniform prior, make the recommended configuration (docs/method.md §2). The paper's
+    configuration is :attr:`PAPER_KWARGS` away: ``HMCLoss(actor, **HMCLoss.PAPER_KWARGS)`` with
+    an actor built with ``prior="policy", potential_critic="min"``, what ``variant=paper``
+    composes.
+
+    Outputs of :meth:`forward` (the temperature's named as :class:`~torchrl.objectives.SACLoss`
+    names them):
 
     * ``loss_actor``: ``-J`` for ``theta``. In ``"alternating"`` mode (eq. 11) it reaches
       ``theta`` only; in ``"joint"`` mode it reaches ``theta`` and ``h``.
     * ``loss_flow``: ``-J`` for ``h`` only (``"alternating"`` mode; absent in ``"joint"``).
-    * ``loss_qvalue``: twin-critic TD loss; the next action comes from the chain on ``s'``.
-    * detached diagnostics: ``beta``, ``policy_distance`` (``D_HMC`` of §4.1, what the PID
-      controller reads), ``elbo_gap`` (ELBO at the chain's end minus at its start, in units of
-      ``Q / beta``), ``critic_gain`` (``Q(s, aK) - Q(s, a0)``), ``num_divergent``,
+    * ``loss_qvalue``: twin-critic TD loss. It writes each sample's ``td_error`` into the input
+      tensordict (the ``priority`` key), for a prioritized replay buffer.
+    * uniform prior: ``loss_alpha`` and ``alpha``, SAC's; policy prior: ``beta`` and
+      ``policy_distance`` (``D_HMC`` of §4.1, what the PID controller reads; under the uniform
+      prior it would be minus an entropy, and is not written).
+    * detached diagnostics: ``entropy`` (of the refined action in action space, the
+      auxiliary-variable estimate; what ``alpha`` is tuned on) and its other parts,
       ``base_entropy`` (of ``pi_theta`` in the unsquashed space; watch it for collapse),
-      ``entropy`` (of the refined action in action space, the auxiliary-variable estimate) and
-      its two other parts, ``entropy_chain`` (``E[log N(rhoK) - log N(rho0)]``, what the chain
-      adds) and ``entropy_squash`` (``E[log|det da/du|(uK)]``, what the squash adds; large and
-      negative when actions sit near the bounds): ``entropy`` is ``base_entropy +
-      entropy_chain + entropy_squash`` up to the batch's sampling error,
-      ``step_size`` (mean ``eps``), ``td_error``.
+      ``entropy_chain`` (``E[log N(rhoK) - log N(rho0)]``, what the chain adds) and
+      ``entropy_squash`` (``E[log|det da/du|(uK)]``, what the squash adds; large and negative
+      when actions sit near the bounds): ``entropy`` is ``base_entropy + entropy_chain +
+      entropy_squash`` up to the batch's sampling error; ``elbo_gap`` (ELBO at the chain's end
+      minus at its start, in units of ``Q / beta``), ``critic_gain`` (``Q(s, aK) - Q(s, a0)``),
+      ``num_divergent``, ``step_size`` (mean ``eps``), ``td_error`` (its batch mean).
 
     **Divergent chains** (see :class:`~torchrl_mcmc.mcmc.HamiltonianFlow`: a non-finite end or
-    an energy error past its threshold) are counted in ``num_divergent`` and left out of the
-    objective: the chains of the other states are run again with the same draws, so that no
-    gradient passes through a diverged chain. The diagnostics describe every state, a divergent
-    chain at its fallback ``(u0, rho0)`` (what the actor acts with; its ``elbo_gap`` and
-    ``critic_gain`` are 0). When every chain of the batch diverges, ``loss_actor`` and
-    ``loss_flow`` are zeros that backpropagate zero gradients, never NaN.
+    an energy error past its threshold; and here a non-finite ``Q(s, aK)``) are counted in
+    ``num_divergent`` and left out of the objective: the chains of the other states are run
+    again with the same draws, so that no gradient passes through a diverged chain. The
+    diagnostics describe the chains that did not diverge; when every chain of the batch
+    diverges, ``loss_actor`` and ``loss_flow`` are zeros that backpropagate zero gradients,
+    ``loss_alpha`` too (no entropy was measured), and the chain's diagnostics are left out
+    (docs/method.md, "Non-finite values").
+
+    **Non-finite values.** A NaN or inf in the batch (observation, action, reward, next
+    observation) raises a ``ValueError`` naming the key, before anything is computed: the data
+    is at fault. Non-finite parameters (a critic blown up to inf) give a non-finite
+    ``loss_qvalue``, returned as it is: the training loop must skip that step.
 
     Alternating updates: ``forward`` gives isolated gradients evaluated at the current
     ``(theta, h)``; for the strictly sequential scheme of eq. 11 call :meth:`actor_loss`, step
@@ -82,16 +115,6 @@ class HMCLoss(MCMCPolicyLoss):
     ``beta`` is the actor's buffer, exposed here: ``loss.beta = 0.5`` (or a PID controller)
     writes it in place, so the next action the actor takes and the next loss both use it, and
     ``state_dict`` carries it (under ``actor.beta``).
-
-    **The entropy prior.** With an actor built with ``prior="uniform"`` the same chain serves
-    SAC's maximum-entropy objective: ``J = Q(s, aK) - alpha * log q(aK)``, where
-    ``log q(aK) = log pi(u0|s) + log N(rho0) - log N(rhoK) - log|det da/du|(uK)`` is the
-    auxiliary-variable estimate of the refined action's log-density (exact up to the reverse
-    kernel ``N(rhoK)``); ``J`` above is this, up to terms constant in the parameters. The
-    temperature ``alpha`` (the actor's ``beta``) is tuned to ``target_entropy`` as
-    :class:`~torchrl.objectives.SACLoss` tunes it (``loss_alpha``, parameters
-    :meth:`alpha_parameters`) and written into the actor at every call, and the critic target
-    carries the same entropy term. With ``K = 0`` this is SAC.
 
     Args:
         actor: the :class:`~torchrl_mcmc.HMCActor` to train. Its critic's parameters are
@@ -102,20 +125,24 @@ class HMCLoss(MCMCPolicyLoss):
     Keyword Args:
         num_qvalue_nets: number of critics (2: twin Q, min in targets and in ``U``).
         loss_function: critic regression loss (``"l2"``, ``"smooth_l1"``, ``"l1"``).
-        update_mode: ``"alternating"`` (eq. 11, the paper's) or ``"joint"`` (one chain, one
-            loss for ``theta`` and ``h``: half the double-backward work).
+        update_mode: ``"joint"`` (one chain, one loss for ``theta`` and ``h``: half the
+            double-backward work) or ``"alternating"`` (eq. 11, the paper's).
         value_entropy: the critic target's entropy-like term. ``"none"``: ``V(s') = Q'(s',
             aK')`` (MPO-style: the KL to the prior already regularises). ``"auxiliary"``:
             ``V(s') = Q'(s', aK') - beta * log q(aK')`` with the auxiliary-variable estimate
             ``log q = log pi(u0') + log N(rho0') - log N(rhoK')`` (in ``u``; in action space,
-            ``- log|det da/du|(uK')`` too, with the uniform prior). Default: ``"none"`` with the
-            ``"policy"`` prior, ``"auxiliary"`` (SAC's soft target) with the ``"uniform"`` one.
-        next_action: the TD target's next action. ``"chain"``: the chain's on ``s'`` (the
-            paper's). ``"base"``: the base policy's sample ``squash(u0')``, one chain fewer per
-            update (with the uniform prior, the target is then SAC's).
+            ``- log|det da/du|(uK')`` too, with the uniform prior). Default (``None``):
+            ``"auxiliary"`` (SAC's soft target) with the ``"uniform"`` prior, ``"none"`` with
+            the ``"policy"`` one.
+        next_action: the TD target's next action. ``"base"``: the base policy's sample
+            ``squash(u0')``, one chain fewer per update (with the uniform prior, the target is
+            then SAC's). ``"chain"``: the chain's on ``s'`` (the paper's).
         target_entropy: the entropy ``alpha`` is tuned to (uniform prior only): a float, or
             ``"auto"`` for ``-action_dim`` (SAC's default).
         alpha_init: initial temperature (uniform prior only; SAC's default ``1.0``).
+
+    ``target_entropy`` and ``alpha_init`` set to other values than their defaults with the
+    ``"policy"`` prior are ignored, with a warning.
 
     Examples:
         >>> import torch
@@ -135,24 +162,49 @@ class HMCLoss(MCMCPolicyLoss):
         ...     in_keys=["loc", "scale"], distribution_class=TanhNormal, spec=spec)
         >>> critic = ValueOperator(MLP(in_features=6, out_features=1, num_cells=[32]),
         ...                        in_keys=["observation", "action"])
-        >>> actor = HMCActor(policy, critic, num_steps=3)
-        >>> loss = HMCLoss(actor)
-        >>> loss.make_value_estimator(gamma=0.99)
-        >>> updater = SoftUpdate(loss, eps=0.995)
         >>> batch = TensorDict({
         ...     "observation": torch.randn(16, 4), "action": torch.rand(16, 2) * 2 - 1,
         ...     "next": {"observation": torch.randn(16, 4), "reward": torch.randn(16, 1),
         ...              "done": torch.zeros(16, 1, dtype=torch.bool),
         ...              "terminated": torch.zeros(16, 1, dtype=torch.bool)}}, batch_size=[16])
+
+        The recommended configuration, SAC's objective through the chain:
+
+        >>> actor = HMCActor(policy, critic, num_steps=3, prior="uniform")
+        >>> loss = HMCLoss(actor)
+        >>> loss.make_value_estimator(gamma=0.99)
+        >>> updater = SoftUpdate(loss, eps=0.995)
         >>> out = loss(batch)
         >>> sorted(k for k in out.keys() if k.startswith("loss_"))
-        ['loss_actor', 'loss_flow', 'loss_qvalue']
-        >>> (out["loss_actor"] + out["loss_flow"] + out["loss_qvalue"]).backward()
+        ['loss_actor', 'loss_alpha', 'loss_qvalue']
+        >>> out["alpha"].item(), "beta" in out.keys()
+        (1.0, False)
+        >>> (out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]).backward()
         >>> updater.step()
-        >>> loss.beta = 0.5  # what a PID controller does, in place
-        >>> float(actor.beta)
+        >>> batch["td_error"].shape  # per sample: buffer.update_tensordict_priority(batch)
+        torch.Size([16])
+
+        The paper's: objective (17), the previous policy as prior, beta set from outside:
+
+        >>> paper_actor = HMCActor(
+        ...     policy, critic, num_steps=3, prior="policy", potential_critic="min"
+        ... )
+        >>> paper = HMCLoss(paper_actor, **HMCLoss.PAPER_KWARGS)
+        >>> paper.make_value_estimator(gamma=0.99)
+        >>> sorted(k for k in paper(batch).keys() if k.startswith("loss_"))
+        ['loss_actor', 'loss_flow', 'loss_qvalue']
+        >>> paper.beta = 0.5  # what a PID controller does, in place
+        >>> float(paper.actor.beta)
         0.5
     """
+
+    #: The paper's configuration (objective 17 with eq. 11's alternating updates, the chain's
+    #: next action in the TD target, no entropy term in it), with an actor whose prior is
+    #: ``"policy"`` (and the twins' minimum in the potential); ``variant=paper`` of
+    #: ``examples/hmc_sac.py``.
+    PAPER_KWARGS: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"update_mode": "alternating", "next_action": "chain", "value_entropy": "none"}
+    )
 
     def __init__(
         self,
@@ -160,9 +212,9 @@ class HMCLoss(MCMCPolicyLoss):
         *,
         num_qvalue_nets: int = 2,
         loss_function: str = "l2",
-        update_mode: UpdateMode = "alternating",
+        update_mode: UpdateMode = "joint",
         value_entropy: ValueEntropy | None = None,
-        next_action: NextAction = "chain",
+        next_action: NextAction = "base",
         target_entropy: float | Literal["auto"] = "auto",
         alpha_init: float = 1.0,
     ) -> None:
@@ -179,6 +231,8 @@ class HMCLoss(MCMCPolicyLoss):
             raise ValueError(
                 f"next_action must be 'chain' or 'base', got next_action={next_action!r}."
             )
+        if not uniform:
+            _warn_if_set(target_entropy=target_entropy, alpha_init=alpha_init)
         if target_entropy == "auto":
             target_entropy = -float(actor.action_low.numel())
         if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)):
@@ -226,49 +280,62 @@ class HMCLoss(MCMCPolicyLoss):
             if not torch.equal(alpha, self.actor.beta):
                 self.actor.beta.copy_(alpha)
 
+    #: Every diagnostic :meth:`forward` may write; :attr:`out_keys` keeps the prior's.
     _DIAGNOSTICS = (
         "beta",
         "policy_distance",
+        "entropy",
+        "base_entropy",
+        "entropy_chain",
+        "entropy_squash",
         "elbo_gap",
         "critic_gain",
         "num_divergent",
-        "base_entropy",
-        "entropy",
-        "entropy_chain",
-        "entropy_squash",
         "step_size",
         "td_error",
     )
+    #: The paper prior's own outputs: with the uniform prior ``beta`` is ``alpha``, and
+    #: ``policy_distance`` minus an entropy.
+    _POLICY_PRIOR_ONLY = ("beta", "policy_distance")
 
     @property
     def out_keys(self) -> list[str]:
         keys = super().out_keys
         if self.tunes_alpha:
-            keys.insert(keys.index("loss_qvalue") + 1, "loss_alpha")
+            keys = [k for k in keys if k not in self._POLICY_PRIOR_ONLY]
+            at = keys.index("loss_qvalue") + 1
+            keys[at:at] = ["loss_alpha", "alpha"]
         return keys
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """All losses at the current parameters (``loss_alpha`` too with the uniform prior),
-        and the detached diagnostics."""
+        and the detached diagnostics; writes the per-sample ``td_error`` into ``tensordict``."""
         self._sync_alpha()
         out = super().forward(tensordict)
         if self.tunes_alpha:
-            out["loss_alpha"] = self.alpha_loss(out["entropy"])
+            out["loss_alpha"] = self.alpha_loss(out.get("entropy", None))
         return out
 
-    def alpha_loss(self, entropy: Tensor) -> Tensor:
+    def _multiplier(self) -> dict[str, Tensor]:
+        """``alpha`` (SAC's name) with the uniform prior, ``beta`` with the paper's."""
+        if self.tunes_alpha:
+            return {"alpha": self.log_alpha.detach().exp()}
+        return super()._multiplier()
+
+    def alpha_loss(self, entropy: Tensor | None) -> Tensor:
         """SAC's temperature loss, ``-log alpha * (target_entropy - entropy)``, given the
-        (detached) entropy estimate of the refined actions, ``-E[log q(aK)]``."""
+        (detached) entropy estimate of the refined actions, ``-E[log q(aK)]``; zero, with zero
+        gradients, when no chain of the batch was kept (``entropy=None``: none was measured)."""
+        if entropy is None:
+            return self.log_alpha * 0.0
         return -self.log_alpha * (self.target_entropy - entropy.detach())
 
     # ------------------------------------------------------------------ objective (17)
     def _chain(
         self, tensordict: TensorDictBase, freeze: Literal["h", "theta"] | None
-    ) -> tuple[HMCSample, TensorDictBase, Tensor, HMCSample]:
-        """A differentiable chain; ``freeze`` names the parameters it must not reach.
-
-        Returns what :meth:`_guarded_sample` does.
-        """
+    ) -> Chains[HMCSample]:
+        """The differentiable chains of :meth:`_guarded_sample`; ``freeze`` names the
+        parameters they must not reach."""
         critic = self.qvalue_network_params.detach()
         # preserve_module_state=False swaps the detached tensors in as they are; the default
         # re-wraps them as fresh Parameters that require grad, and the backward would compute
@@ -285,24 +352,17 @@ class HMCLoss(MCMCPolicyLoss):
 
     def _guarded_sample(
         self, tensordict: TensorDictBase, critic: TensorDictBase
-    ) -> tuple[HMCSample, TensorDictBase, Tensor, HMCSample]:
-        """The chain on every state, and the chains that did not diverge, to train on.
-
-        Returns ``(sample, states, num_divergent, acted)``: the chains to train on (none when
-        every chain diverged), the states they belong to, the number of states dropped, and
-        the first run, whose divergent chains fell back to their start (what the actor acts
-        with), for the diagnostics.
-        """
-        acted = out = self.actor.sample(
-            tensordict, explore=True, create_graph=True, critic_params=critic
-        )
-        states = tensordict
-        while out.divergent.any():
+    ) -> Chains[HMCSample]:
+        """The chain on every state, then on the states whose chains did not diverge (a
+        divergent chain, or a non-finite ``Q(s, aK)``), to train on."""
+        out = self.actor.sample(tensordict, explore=True, create_graph=True, critic_params=critic)
+        states, value = tensordict, self._q_end(tensordict, out, critic)
+        while (drop := self._drop_divergent(out, value)) is not None:
             # A diverged chain's backward multiplies zero upstream gradients by non-finite or
             # huge local derivatives (0 * inf = nan), even where its sample is left out, and
             # would poison every parameter's gradient. Run the other states again with the
             # same draws: the same chains, without the diverged ones in the graph.
-            keep = ~out.divergent
+            keep = ~drop
             xi = (out.u0 - out.loc) / out.scale
             states = states[keep]
             out = self.actor.sample(
@@ -312,10 +372,8 @@ class HMCLoss(MCMCPolicyLoss):
                 critic_params=critic,
                 noise=(xi[keep].detach(), out.rho0[keep].detach()),
             )
-        num_divergent = torch.tensor(
-            tensordict.batch_size.numel() - states.batch_size.numel(), device=out.u0.device
-        )
-        return out, states, num_divergent, acted
+            value = self._q_end(states, out, critic)
+        return self._chains(tensordict, states, out, value)
 
     def _objective(
         self, tensordict: TensorDictBase, out: HMCSample, q: Tensor | None = None
@@ -330,37 +388,43 @@ class HMCLoss(MCMCPolicyLoss):
         kl = out.log_prob - self.actor.log_prior(out.uK, out.prior_loc, out.prior_scale)
         return q - self.beta * kl - 0.5 * self.beta * out.rhoK.pow(2).sum(-1)
 
-    def _q_end(self, tensordict: TensorDictBase, out: HMCSample) -> Tensor:
+    def _q_end(
+        self, tensordict: TensorDictBase, out: HMCSample, critic: TensorDictBase | None = None
+    ) -> Tensor:
         """``Q(s, aK)``, the actor's scored value of the critics (their minimum by default):
-        differentiable w.r.t. the action, not the critics."""
-        critics = self.qvalue_network_params.detach()
-        return self.actor.scored_value(self._qvalues(tensordict, out.action, critics))
+        differentiable w.r.t. the action, not the critics (``critic``: their detached
+        parameters, if the caller has them)."""
+        critic = self.qvalue_network_params.detach() if critic is None else critic
+        return self.actor.scored_value(self._qvalues(tensordict, out.action, critic))
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
+        self._check_batch(tensordict, self.actor.in_keys)
         self._sync_alpha()
         freeze = "h" if self.update_mode == "alternating" else None
-        out, states, num_divergent, acted = self._chain(tensordict, freeze)
-        q_end = self._q_end(states, out)
-        if acted is out:
-            # One critic evaluation at aK serves the objective and, detached, the diagnostics.
-            metadata = self._diagnostics(states, out, q_end.detach())
-        else:
-            metadata = self._diagnostics(tensordict, acted)
-        metadata["num_divergent"] = num_divergent.to(metadata["elbo_gap"].dtype)
-        return batch_mean(-self._objective(states, out, q_end)), metadata
+        chains = self._chain(tensordict, freeze)
+        # One critic evaluation at aK serves the objective and, detached, the diagnostics.
+        metadata = self._diagnostics(chains.states, chains.sample, chains.value.detach())
+        metadata["num_divergent"] = chains.num_divergent.to(chains.value.dtype)
+        objective = self._objective(chains.states, chains.sample, chains.value)
+        return batch_mean(-objective), metadata
 
     def flow_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and gate nets."""
+        self._check_batch(tensordict, self.actor.in_keys)
         self._sync_alpha()
-        out, states, _, _ = self._chain(tensordict, "theta")
-        return batch_mean(-self._objective(states, out)), {}
+        chains = self._chain(tensordict, "theta")
+        return batch_mean(-self._objective(chains.states, chains.sample, chains.value)), {}
 
     @torch.no_grad()
     def _diagnostics(
         self, tensordict: TensorDictBase, out: HMCSample, q_end: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Detached diagnostics of a chain; ``q_end``: ``Q(s, aK)`` if already known."""
+        """Detached diagnostics of chains (batch means); ``q_end``: ``Q(s, aK)`` if already
+        known. Only ``step_size`` for no chain (every one of the batch diverged)."""
+        metadata = {"step_size": self.actor.flow.step_size.mean()}
+        if not tensordict.batch_size.numel():
+            return metadata
         beta = self.beta
         log_prior_u0 = self.actor.log_prior(out.u0, out.prior_loc, out.prior_scale)
         log_prior_uK = self.actor.log_prior(out.uK, out.prior_loc, out.prior_scale)
@@ -376,20 +440,23 @@ class HMCLoss(MCMCPolicyLoss):
         # ELBO (eq. 15) in units of Q / beta, at the chain's end and at its start (K = 0).
         elbo_end = q_end / beta + log_prior_uK + log_rhoK - out.log_prob - log_rho0
         elbo_start = q_start / beta + log_prior_u0 - out.log_prob
-        entropy = (0.5 * (1.0 + torch.log(2 * torch.pi * out.scale.pow(2)))).sum(-1)
-        return {
-            "policy_distance": (out.log_prob + log_rho0 - log_prior_uK - log_rhoK).mean(),
-            # -E[log q(aK)] in action space (auxiliary-variable estimate): what alpha tracks.
-            "entropy": -self._log_q_action(out).mean(),
-            "entropy_chain": (log_rhoK - log_rho0).mean(),
-            "entropy_squash": squash_log_det(
-                out.uK, low.to(out.uK.dtype), high.to(out.uK.dtype)
-            ).mean(),
-            "elbo_gap": (elbo_end - elbo_start).mean(),
-            "critic_gain": (q_end - q_start).mean(),
-            "base_entropy": entropy.mean(),
-            "step_size": self.actor.flow.step_size.mean(),
-        }
+        if not self.tunes_alpha:
+            distance = out.log_prob + log_rho0 - log_prior_uK - log_rhoK
+            metadata["policy_distance"] = distance.mean()
+        base_entropy = (0.5 * (1.0 + torch.log(2 * torch.pi * out.scale.pow(2)))).sum(-1)
+        squash_part = squash_log_det(out.uK, low.to(out.uK.dtype), high.to(out.uK.dtype))
+        metadata.update(
+            {
+                # -E[log q(aK)] in action space (auxiliary-variable estimate): what alpha tracks.
+                "entropy": -self._log_q_action(out).mean(),
+                "base_entropy": base_entropy.mean(),
+                "entropy_chain": (log_rhoK - log_rho0).mean(),
+                "entropy_squash": squash_part.mean(),
+                "elbo_gap": (elbo_end - elbo_start).mean(),
+                "critic_gain": (q_end - q_start).mean(),
+            }
+        )
+        return metadata
 
     # ------------------------------------------------------------------ critic loss
     def _log_q_action(self, out: HMCSample) -> Tensor:
@@ -427,6 +494,23 @@ class HMCLoss(MCMCPolicyLoss):
         return value
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Twin-critic TD loss; the target action is the chain's on ``s'`` (``next_action``)."""
+        """Twin-critic TD loss, the target's next action per ``next_action``; writes each
+        sample's ``td_error`` into ``tensordict``."""
+        self._check_batch(tensordict, self.in_keys)
         self._sync_alpha()
         return self._critic_td_loss(tensordict, self._next_state_value(tensordict))
+
+
+def _warn_if_set(**given: Any) -> None:
+    """Warns that the uniform prior's settings ``given`` away from :class:`HMCLoss`'s defaults
+    are ignored (the actor's prior is ``"policy"``)."""
+    defaults = inspect.signature(HMCLoss).parameters
+    ignored = [
+        f"{name}={value!r}" for name, value in given.items() if value != defaults[name].default
+    ]
+    if ignored:
+        logger.warning(
+            "HMCLoss: %s ignored: with the actor's prior='policy' beta is set from outside (a "
+            "PID controller), not tuned to an entropy; they apply to prior='uniform'.",
+            ", ".join(ignored),
+        )

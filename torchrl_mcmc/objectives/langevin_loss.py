@@ -6,7 +6,9 @@ Paper eqs. 10–11 and §4.1; docs/method.md §1.2, §1.3.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 from tensordict import TensorDictBase, TensorDictParams
@@ -15,7 +17,7 @@ from torch import Tensor
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
 from torchrl_mcmc.modules.langevin_actor import LangevinFlowActor, LangevinSample, add_action_noise
-from torchrl_mcmc.objectives.common import MCMCPolicyLoss, batch_mean
+from torchrl_mcmc.objectives.common import Chains, MCMCPolicyLoss, batch_mean
 
 __all__ = ["LangevinFlowLoss"]
 
@@ -48,19 +50,32 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     * ``loss_actor``: ``-J`` for ``theta``. In ``"alternating"`` mode (eq. 11) it reaches
       ``theta`` only; in ``"joint"`` mode it reaches ``theta`` and ``h``.
     * ``loss_flow``: ``-J`` for ``h`` only (``"alternating"`` mode; absent in ``"joint"``).
-    * ``loss_qvalue``: twin-critic TD loss with TD3's target (below).
+    * ``loss_qvalue``: twin-critic TD loss with TD3's target (below). It writes each sample's
+      ``td_error`` into the input tensordict (the ``priority`` key), for a prioritized replay
+      buffer, whether called alone (delayed updates) or by :meth:`forward`.
     * detached diagnostics: ``beta``, ``policy_distance`` (``D_LD = mean ||aK - pi_theta_t(s)||``
       with the exact norm, what the PID controller reads), ``critic_gain``
       (``Q(s, aK) - Q(s, a0)``: what the flow adds over the plain TD3 action
       ``a0 = pi_theta(s)``), ``step_size`` (mean ``eps`` over the layers), ``num_divergent``,
-      ``td_error``.
+      ``td_error`` (its batch mean).
 
-    **Divergent flows** (a non-finite end, see :class:`~torchrl_mcmc.mcmc.LangevinFlow`) are
-    counted in ``num_divergent`` and left out of the objective: the flow is run again on the
-    other states, so that no gradient passes through a diverged one. The diagnostics describe
-    every state, a divergent flow at its fallback ``u0`` (what the actor acts with). When every
-    flow of the batch diverges, ``loss_actor`` and ``loss_flow`` are zeros that backpropagate
-    zero gradients, never NaN.
+    **Divergent flows** (a non-finite end, see :class:`~torchrl_mcmc.mcmc.LangevinFlow`, or a
+    non-finite ``Q(s, aK)``: a critic that returns NaN or inf there, which no layer evaluates)
+    are counted in ``num_divergent`` and left out of the objective: the flow is run again on
+    the other states, so that no gradient passes through a diverged one. The diagnostics
+    describe the flows that did not diverge. When every flow of the batch diverges,
+    ``loss_actor`` and ``loss_flow`` are zeros that backpropagate zero gradients, never NaN,
+    and ``policy_distance`` and ``critic_gain`` are left out (no flow measured them).
+
+    **Non-finite values.** A NaN or inf in the batch (observation, action, reward, next
+    observation) raises a ``ValueError`` naming the key, before anything is computed: the data
+    is at fault. Non-finite parameters (a critic blown up to inf) give a non-finite
+    ``loss_qvalue``, returned as it is: the training loop must skip that step.
+
+    **Defaults** are the recipe's (``examples/ld_td3.py``), the recommended configuration. The
+    paper's LD-TD3 differs from it only by the PID controller on ``beta``, which is the training
+    loop's (``pid.enabled=true`` in the recipe; docs/method.md §1.8): its loss is
+    ``LangevinFlowLoss(actor, **LangevinFlowLoss.PAPER_KWARGS)``, the defaults as they stand.
 
     **The TD target** is TD3's: ``r + gamma * min_j Q'_j(s', a')`` with
     ``a' = clamp(squash(f_h'(u0')) + clamp(N(0, policy_noise^2), -noise_clip, noise_clip) * w)``,
@@ -100,8 +115,8 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         delay_actor: keep target copies of the policy and the flow (TD3). ``False``: the target
             action comes from the current ones.
         delay_qvalue: keep target critics (TD3). ``False``: the current critics, detached.
-        update_mode: ``"alternating"`` (eq. 11, the paper's) or ``"joint"`` (one flow, one
-            loss for ``theta`` and ``h``: half the double-backward work).
+        update_mode: ``"alternating"`` (eq. 11, the paper's and the recipe's) or ``"joint"``
+            (one flow, one loss for ``theta`` and ``h``: half the double-backward work).
 
     Examples:
         >>> import torch
@@ -152,6 +167,10 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     flow_network_params: TensorDictParams
     target_flow_network_params: TensorDictParams
 
+    #: The paper's configuration (eq. 11's alternating updates); with a PID controller on
+    #: ``beta``, ``pid.enabled=true`` of ``examples/ld_td3.py``.
+    PAPER_KWARGS: ClassVar[Mapping[str, Any]] = MappingProxyType({"update_mode": "alternating"})
+
     def __init__(
         self,
         actor: LangevinFlowActor,
@@ -195,11 +214,9 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     # ------------------------------------------------------------------ objective (10)
     def _flow(
         self, tensordict: TensorDictBase, freeze: Literal["flow", "policy"] | None
-    ) -> tuple[LangevinSample, TensorDictBase, Tensor, LangevinSample]:
-        """A differentiable flow; ``freeze`` names the parameters it must not reach.
-
-        Returns what :meth:`_guarded_sample` does.
-        """
+    ) -> Chains[LangevinSample]:
+        """The differentiable flows of :meth:`_guarded_sample`; ``freeze`` names the
+        parameters they must not reach."""
         critic = self.qvalue_network_params.detach()
         if freeze is None:
             return self._guarded_sample(tensordict, critic)
@@ -215,70 +232,74 @@ class LangevinFlowLoss(MCMCPolicyLoss):
 
     def _guarded_sample(
         self, tensordict: TensorDictBase, critic: TensorDictBase
-    ) -> tuple[LangevinSample, TensorDictBase, Tensor, LangevinSample]:
-        """The flow on every state, and the flows that did not diverge, to train on.
-
-        Returns ``(sample, states, num_divergent, acted)``: the flows to train on (none when
-        every flow diverged), the states they belong to, the number of states dropped, and
-        the first run, whose divergent flows fell back to ``u0`` (what the actor acts with),
-        for the diagnostics.
-        """
-        acted = out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
-        states = tensordict
-        while out.divergent.any():
+    ) -> Chains[LangevinSample]:
+        """The flow on every state, then on the states whose flows did not diverge (a
+        non-finite end, or a non-finite ``Q(s, aK)``), to train on."""
+        out = self.actor.sample(tensordict, create_graph=True, critic_params=critic)
+        states, value = tensordict, self._q_end(tensordict, out, critic)
+        while (drop := self._drop_divergent(out, value)) is not None:
             # A diverged flow's backward multiplies zero upstream gradients by non-finite local
             # derivatives (0 * inf = nan) and would poison every parameter's gradient. The flow
             # is deterministic, so running it again on the other states alone is clean.
-            states = states[~out.divergent]
+            states = states[~drop]
             out = self.actor.sample(states, create_graph=True, critic_params=critic)
-        num_divergent = torch.tensor(
-            tensordict.batch_size.numel() - states.batch_size.numel(), device=out.u0.device
-        )
-        return out, states, num_divergent, acted
+            value = self._q_end(states, out, critic)
+        return self._chains(tensordict, states, out, value)
 
-    def _objective(self, tensordict: TensorDictBase, out: LangevinSample) -> tuple[Tensor, Tensor]:
+    def _q_end(
+        self, tensordict: TensorDictBase, out: LangevinSample, critic: TensorDictBase
+    ) -> Tensor:
+        """``Q(s, aK)``, the actor's scored value of the detached critics ``critic``:
+        differentiable w.r.t. the action."""
+        return self.actor.scored_value(self._qvalues(tensordict, out.action, critic))
+
+    def _objective(
+        self, tensordict: TensorDictBase, out: LangevinSample, q: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Per-state ``J`` of eq. 10 (critic detached, prior frozen, smoothed norm) and the
-        ``Q(s, aK)`` in it (for the diagnostics, which would otherwise evaluate it again)."""
-        q = self.actor.scored_value(
-            self._qvalues(tensordict, out.action, self.qvalue_network_params.detach())
-        )
+        ``Q(s, aK)`` in it; ``q``: that value, if the caller has it already."""
+        if q is None:
+            q = self._q_end(tensordict, out, self.qvalue_network_params.detach())
         distance = smoothed_norm(out.action - out.prior_action, self.actor.distance_smoothing)
         return q - self.beta * distance, q
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``theta`` (and ``h`` too in ``"joint"`` mode), with diagnostics."""
+        self._check_batch(tensordict, self.actor.in_keys)
         freeze = "flow" if self.update_mode == "alternating" else None
-        out, states, num_divergent, acted = self._flow(tensordict, freeze)
-        objective, q_end = self._objective(states, out)
-        if acted is out:
-            metadata = self._diagnostics(states, out, q_end)
-        else:
-            metadata = self._diagnostics(tensordict, acted)
-        metadata["num_divergent"] = num_divergent.to(metadata["policy_distance"].dtype)
+        chains = self._flow(tensordict, freeze)
+        objective, q_end = self._objective(chains.states, chains.sample, chains.value)
+        metadata = self._diagnostics(chains.states, chains.sample, q_end.detach())
+        metadata["num_divergent"] = chains.num_divergent.to(q_end.dtype)
         return batch_mean(-objective), metadata
 
     def flow_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``-J`` for ``h`` only: the step sizes and coupling networks."""
-        out, states, _, _ = self._flow(tensordict, "policy")
-        return batch_mean(-self._objective(states, out)[0]), {}
+        self._check_batch(tensordict, self.actor.in_keys)
+        chains = self._flow(tensordict, "policy")
+        return batch_mean(-self._objective(chains.states, chains.sample, chains.value)[0]), {}
 
     @torch.no_grad()
     def _diagnostics(
         self, tensordict: TensorDictBase, out: LangevinSample, q_end: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Detached diagnostics of a flow; ``q_end``: ``Q(s, aK)`` if already known."""
+        """Detached diagnostics of flows (batch means); ``q_end``: ``Q(s, aK)`` if already
+        known. Only ``step_size`` for no flow (every one of the batch diverged)."""
+        step_size = self.actor.flow.step_size
+        metadata = {
+            "step_size": step_size.mean() if step_size.numel() else out.u0.new_zeros(()),
+        }
+        if not tensordict.batch_size.numel():
+            return metadata
         low, high = self.actor.action_low.to(out.u0.dtype), self.actor.action_high.to(out.u0.dtype)
         base_action = squash(out.u0, low, high)
         params = self.qvalue_network_params
         q_start = self.actor.scored_value(self._qvalues(tensordict, base_action, params))
         if q_end is None:
             q_end = self.actor.scored_value(self._qvalues(tensordict, out.action, params))
-        step_size = self.actor.flow.step_size
-        return {
-            "policy_distance": (out.action - out.prior_action).norm(dim=-1).mean(),
-            "critic_gain": (q_end - q_start).mean(),
-            "step_size": step_size.mean() if step_size.numel() else step_size.new_zeros(()),
-        }
+        metadata["policy_distance"] = (out.action - out.prior_action).norm(dim=-1).mean()
+        metadata["critic_gain"] = (q_end - q_start).mean()
+        return metadata
 
     # ------------------------------------------------------------------ critic loss
     @torch.no_grad()
@@ -299,7 +320,9 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         return add_action_noise(out.action, low, high, self.policy_noise, self.noise_clip)
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Twin-critic TD loss with TD3's target (TorchRL's ``TD3Loss.value_loss``)."""
+        """Twin-critic TD loss with TD3's target (TorchRL's ``TD3Loss.value_loss``); writes
+        each sample's ``td_error`` into ``tensordict``."""
+        self._check_batch(tensordict, self.in_keys)
         next_td = tensordict.get("next")
         next_action = self._next_action(next_td)
         with torch.no_grad():

@@ -6,12 +6,14 @@ import functools
 import os
 from pathlib import Path
 
+import gymnasium as gym
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchrl.envs import EnvBase, SerialEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from torchrl_mcmc.recipes.checkpoint import atomic_write
 from torchrl_mcmc.recipes.factories import make_env
 
 
@@ -41,15 +43,22 @@ def evaluate(policy: nn.Module, env: EnvBase, max_steps: int) -> float:
     return rollout["next", "episode_reward"][..., -1, :].mean().item()
 
 
-def record_video(policy: nn.Module, cfg: DictConfig, path: Path) -> None:
-    """One deterministic episode rendered to a GIF (needs ``MUJOCO_GL=egl`` for MuJoCo)."""
+def record_video(
+    policy: nn.Module, cfg: DictConfig, path: str | Path, max_steps: int | None = None
+) -> None:
+    """One deterministic episode of at most ``max_steps`` steps (default
+    ``cfg.env.max_episode_steps``) rendered to a GIF at ``path``.
+
+    MuJoCo tasks render with OpenGL: on a machine without a display, set ``MUJOCO_GL=egl`` (or
+    ``osmesa``) before Python starts. :func:`video_problem` tells beforehand whether this works.
+    """
     import imageio.v2 as imageio
 
     env = make_env(cfg, from_pixels=True)
     frames = []
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.reset()
-        for _ in range(cfg.env.max_episode_steps):
+        for _ in range(cfg.env.max_episode_steps if max_steps is None else max_steps):
             td = env.step(policy(td))
             frames.append(env.base_env._env.render())
             if td["next", "done"].any():
@@ -57,6 +66,34 @@ def record_video(policy: nn.Module, cfg: DictConfig, path: Path) -> None:
             td = td["next"]
     env.close()
     imageio.mimsave(path, frames, duration=1 / 30)
+
+
+def video_problem(cfg: DictConfig) -> str | None:
+    """Why :func:`record_video` cannot render ``cfg.env.name`` in this process, or ``None``
+    when a frame renders: what ``eval.video=true`` is checked with before a run trains.
+
+    A MuJoCo task needs a working OpenGL backend (``MUJOCO_GL``, read when MuJoCo is first
+    imported); a classic-control one, pygame.
+    """
+    env = None
+    try:
+        env = make_env(cfg, from_pixels=True)
+        env.reset()
+        env.base_env._env.render()
+    except Exception as err:  # GL and pygame fail in many ways: any failure is the answer
+        reason = f"{type(err).__name__}: {err}".strip(": ")
+        if "mujoco" not in str(gym.spec(cfg.env.name).entry_point):
+            return f"eval.video=true: {cfg.env.name} cannot be rendered here ({reason})."
+        return (
+            f"eval.video=true: {cfg.env.name} cannot be rendered here ({reason}). MuJoCo "
+            f"renders with OpenGL (MUJOCO_GL={os.environ.get('MUJOCO_GL', '<unset>')}): "
+            "without a display, start the run with MUJOCO_GL=egl (or MUJOCO_GL=osmesa, "
+            "software rendering), or set eval.video=false."
+        )
+    finally:
+        if env is not None:
+            env.close()
+    return None
 
 
 def plot_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
@@ -74,7 +111,7 @@ def plot_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)  # also when the write fails: pyplot would keep the figure open

@@ -21,11 +21,13 @@ class ExitCode(IntEnum):
 
     #: Finished, or has nothing left to collect.
     OK = 0
-    #: A bad configuration value, a ``resume=`` that cannot continue, or an input the methods
-    #: cannot train on: refused before anything was created.
+    #: A bad configuration value or key, a ``resume=`` that cannot continue, an environment
+    #: the methods cannot train on, sizes the machine cannot hold, or a run root that cannot be
+    #: written: refused before anything was created.
     BAD_INPUT = 2
-    #: The file system refused a write (an unwritable run root or run directory, a full disk):
-    #: the last checkpoint is intact; free space or fix permissions, then ``resume=<run dir>``.
+    #: The file system refused a write during the run (a checkpoint or ``summary.json``: a full
+    #: disk, a directory made read-only): the last checkpoint is intact; free space or fix
+    #: permissions, then ``resume=<run dir>``.
     FILESYSTEM = 3
     #: Training went non-finite for ``guard.max_nonfinite_updates`` updates in a row: stopped
     #: with a checkpoint of the last finite state.

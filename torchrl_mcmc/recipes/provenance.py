@@ -14,19 +14,21 @@ from typing import Any
 
 import torch
 
-#: Where ``git`` looks for the commit: the package's own folder, so that the commit is the
-#: code's (the repository of an editable install), whatever directory the run starts from.
-_PACKAGE_DIR = Path(__file__).resolve().parent
+#: The package's folder: ``git`` runs there, so that the commit is the code's whatever directory
+#: the run starts from.
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def provenance(
     command: list[str] | None = None, device: torch.device | str | None = None
 ) -> dict[str, Any]:
-    """The command, git commit (and whether the tree was dirty), date, package versions,
-    device, CPU model and thread count.
+    """The command, git commit (and whether the tree was dirty), date, package versions
+    (``torchrl_mcmc``'s included), device, CPU model and thread count.
 
-    Outside a git checkout (an installed wheel) the commit is ``""`` and the tree counts as
-    clean.
+    The commit is recorded only when ``torchrl_mcmc`` is imported from a source checkout of
+    this package (a clone, or its editable install), where it names the code that ran: a
+    repository that tracks the package's files. Otherwise (an installed wheel, even inside
+    some other repository) the commit is ``""`` and the tree counts as clean.
 
     Args:
         command: the command that made the result (default: this process's ``sys.argv``).
@@ -37,13 +39,12 @@ def provenance(
     import tensordict
     import torchrl
 
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True)
-            return out.stdout.strip()
-        except OSError:
-            return ""
+    import torchrl_mcmc
 
+    commit, dirty = "", False
+    if _git("ls-files", "--error-unmatch", "__init__.py") is not None:  # tracked: a checkout
+        commit = _git("rev-parse", "HEAD") or ""
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
         models = (
@@ -54,11 +55,12 @@ def provenance(
         cpu = next(models, cpu)
     return {
         "command": shlex.join(sys.argv if command is None else command),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {
             "python": platform.python_version(),
+            "torchrl_mcmc": torchrl_mcmc.__version__,
             "torch": torch.__version__,
             "torchrl": torchrl.__version__,
             "tensordict": tensordict.__version__,
@@ -70,3 +72,13 @@ def provenance(
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` run in the package's folder: its output, or ``None`` when it fails (not a
+    repository, the file is not tracked, no git)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

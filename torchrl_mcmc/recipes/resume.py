@@ -1,5 +1,7 @@
-"""What a resumed run continues with: its own saved configuration, merged over the recipe's
-defaults, changed only where :data:`RESUME_MAY_CHANGE` allows."""
+"""What a resumed run continues with: its own saved configuration (:func:`load_run_config`),
+merged over the recipe's defaults, changed only where :data:`RESUME_MAY_CHANGE` allows; and
+whether its checkpoint fits the networks that configuration builds
+(:func:`checkpoint_mismatches`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from torchrl_mcmc.recipes.checkpoint import atomic_write
 from torchrl_mcmc.recipes.config_rules import ConfigError, leaves, show_value
@@ -26,6 +31,7 @@ RESUME_MAY_CHANGE = (
     "eval.",
     "checkpoint.",
     "logger.",
+    "guard.",  # when a diverging run gives up
 )
 #: Keys a resume ignores: where a new run would go, and the resume itself.
 RESUME_IGNORES = ("resume", "run_root")
@@ -33,6 +39,15 @@ RESUME_IGNORES = ("resume", "run_root")
 
 def _may_change(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
+
+
+#: The sections every recipe shares (``config/common.yaml``): a run made before one of them
+#: was added lacks it, and takes its defaults as for any missing key.
+COMMON_SECTIONS = frozenset(
+    k
+    for k, v in OmegaConf.load(Path(__file__).resolve().parent / "config" / "common.yaml").items()
+    if isinstance(v, DictConfig) and k != "hydra"
+)
 
 
 def _sections(cfg: DictConfig) -> list[str]:
@@ -52,6 +67,36 @@ class ResumedConfig:
     filled: dict[str, Any] = field(default_factory=dict)
 
 
+def load_run_config(path: Path) -> DictConfig:
+    """A run's saved ``config.yaml``, read back; raises a :class:`ConfigError` naming ``path``
+    for a file that is no run's configuration: unreadable, empty, not YAML, not a mapping,
+    without the ``method`` every recipe's has, or with an interpolation that cannot be
+    resolved."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} cannot be read ({type(err).__name__}: {err}).") from None
+    if not text.strip():
+        raise ConfigError(f"{path} is empty: it is no run's configuration.")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{path} is not YAML: {reason}.") from None
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(data), "a value")
+        raise ConfigError(f"{path} holds {kind}, not a run's configuration (a mapping).")
+    try:
+        saved = OmegaConf.create(text)  # OmegaConf's YAML, as it was saved (1e-4 a float)
+        OmegaConf.to_container(saved, resolve=True)
+    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{path} is no run's configuration: {reason}.") from None
+    if not isinstance(saved.get("method"), str):
+        raise ConfigError(f"{path} has no method: it is not a configuration these recipes saved.")
+    return saved
+
+
 def resume_config(
     saved: DictConfig, requested: DictConfig, defaults: DictConfig, keys: Iterable[str]
 ) -> ResumedConfig:
@@ -68,10 +113,13 @@ def resume_config(
         saved: the run's ``config.yaml``.
         requested: the configuration composed from the command line.
         defaults: the recipe's configuration without any override; it fills keys ``saved``
-            lacks, and its sections must be the run's (the same recipe made the run).
+            lacks, and its own sections must be the run's (the same recipe made the run; a
+            section of :data:`COMMON_SECTIONS` the run lacks takes its defaults).
         keys: the keys the command line set (see :func:`requested_keys`).
     """
-    if _sections(saved) != _sections(defaults):
+    # Sections only one recipe has (``hmc``, ``bon``...) tell the script that made the run; a
+    # shared section the run lacks was added since, and is filled below like a missing key.
+    if (set(_sections(saved)) ^ set(_sections(defaults))) - COMMON_SECTIONS:
         raise ConfigError(
             f"that run was made by another script: its config (method {saved.get('method')}) "
             f"has the sections {', '.join(_sections(saved))}, this script's "
@@ -134,3 +182,45 @@ def record_resume(run_dir: Path, resumed: ResumedConfig) -> None:
     if resumed.filled or resumed.changed:
         saved = OmegaConf.merge(resumed.cfg, {"resume": None})
         atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(saved).encode()))
+
+
+def checkpoint_mismatches(saved: Any, built: dict[str, Any], limit: int = 3) -> list[str]:
+    """How a checkpoint's method state ``saved`` differs from the state ``built``, that of the
+    method its run's configuration builds: the parts one has and the other lacks, and the
+    parameters and buffers of the loss module (its networks) whose shapes differ. Empty when
+    ``saved`` loads into that method.
+
+    Args:
+        saved: the checkpoint's ``"method"`` entry.
+        built: ``Method.state_dict()`` of a method built from the configuration.
+        limit: the most differences listed; more are counted.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("loss"), dict):
+        return ["it holds no method state with a loss module (not a checkpoint of these recipes)"]
+    found = []
+    for part in sorted(built.keys() - saved.keys()):
+        found.append(f"it lacks the method's {part!r}")
+    for part in sorted(saved.keys() - built.keys()):
+        found.append(f"it has a {part!r} this method does not")
+    for part in sorted(built.keys() & saved.keys()):
+        if saved[part] is None and built[part] is not None:
+            found.append(f"its {part!r} is empty, the method's is not")
+        elif saved[part] is not None and built[part] is None:
+            found.append(f"its {part!r} is set, the method's is empty")
+    shapes = {k: tuple(v.shape) for k, v in saved["loss"].items() if isinstance(v, torch.Tensor)}
+    wanted = {k: tuple(v.shape) for k, v in built["loss"].items() if isinstance(v, torch.Tensor)}
+    for key in sorted(wanted.keys() - shapes.keys(), key=_weights_first):
+        found.append(f"loss.{key} is missing from it")
+    for key in sorted(shapes.keys() - wanted.keys(), key=_weights_first):
+        found.append(f"loss.{key} is in it, not in the networks built")
+    for key in sorted(wanted.keys() & shapes.keys(), key=_weights_first):
+        if shapes[key] != wanted[key]:
+            found.append(f"loss.{key} is {shapes[key]} in it, {wanted[key]} built")
+    if len(found) > limit:
+        found = [*found[:limit], f"{len(found) - limit} more"]
+    return found
+
+
+def _weights_first(key: str) -> tuple[bool, str]:
+    """Sorts a layer's weight before its bias: its shape shows both sizes."""
+    return not key.endswith("weight"), key

@@ -4,25 +4,50 @@ its directory made (or, for ``resume=<run dir>``, found with its checkpoint)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from torchrl.envs import EnvBase
 
-from torchrl_mcmc.recipes.checkpoint import CHECKPOINT_POINTER, load_checkpoint
-from torchrl_mcmc.recipes.config_rules import ConfigError, leaves, validate_config
+from torchrl_mcmc.recipes.checkpoint import (
+    CHECKPOINT_POINTER,
+    has_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from torchrl_mcmc.recipes.config_rules import (
+    ConfigError,
+    inspect_task,
+    leaves,
+    memory_problems,
+    show_value,
+    validate_config,
+)
+from torchrl_mcmc.recipes.exit_codes import ExitCode
+from torchrl_mcmc.recipes.factories import make_env
 from torchrl_mcmc.recipes.logs import setup_file_logging
+from torchrl_mcmc.recipes.methods import METHODS, Method
 from torchrl_mcmc.recipes.resume import (
     ResumedConfig,
+    checkpoint_mismatches,
+    load_run_config,
     record_resume,
     requested_keys,
     resume_config,
 )
+
+#: How a recipe builds its method: ``method_cls(cfg, env, device)``.
+MethodFactory = Callable[[DictConfig, EnvBase, torch.device], Method]
 
 logger = logging.getLogger(__name__)
 
@@ -43,41 +68,111 @@ class RunPlan:
 def plan_run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> RunPlan:
     """Everything about a run that the user's input decides, checked before anything exists.
 
-    Every value of ``cfg`` (:func:`~torchrl_mcmc.recipes.config_rules.validate_config`), and
-    for ``resume=<run dir>`` the run itself: its directory, its checkpoint, and the
-    configuration it continues with, its own ``config.yaml`` changed only where the command
-    line may change it (:func:`~torchrl_mcmc.recipes.resume.resume_config`). Raises
+    Every key and value of ``cfg``
+    (:func:`~torchrl_mcmc.recipes.config_rules.validate_config`: a key the recipe lacks is
+    one), then what they make of this machine: a task the methods can train on
+    (:func:`~torchrl_mcmc.recipes.config_rules.inspect_task`), sizes that fit in its memory
+    (:func:`~torchrl_mcmc.recipes.config_rules.memory_problems`), and a run directory that can
+    be made (under ``run_root``, or where ``hydra.run.dir`` says). For ``resume=<run dir>``, the
+    run itself instead: its directory (written to), its checkpoint, and the configuration it
+    continues with, its own ``config.yaml`` (:func:`~torchrl_mcmc.recipes.resume.load_run_config`)
+    changed only where the command line may change it
+    (:func:`~torchrl_mcmc.recipes.resume.resume_config`), then checked the same way. Raises
     :class:`~torchrl_mcmc.recipes.config_rules.ConfigError`.
 
     Args:
         cfg: the configuration as composed (without Hydra's own ``hydra`` node).
         hydra_cfg: Hydra's ``hydra`` node, which tells what the command line set and the
-            recipe's configuration name. Without it (a direct call), every key of ``cfg`` counts
-            as set, and ``cfg`` fills in what the run's configuration lacks.
+            recipe's configuration name (its keys are the known ones). Without it (a direct
+            call), the keys of every recipe are known, every key of ``cfg`` counts as set, and
+            ``cfg`` fills in what the run's configuration lacks.
     """
-    validate_config(cfg)
-    if not cfg.resume:
-        return RunPlan(cfg)
-    run_dir = Path(cfg.resume).expanduser().resolve()
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        raise ConfigError(f"resume={cfg.resume!r}: no run there ({saved_path} is missing).")
-    if not (run_dir / CHECKPOINT_POINTER).exists():
-        raise ConfigError(f"resume={cfg.resume!r}: the run has no checkpoint yet.")
+    defaults = None
     if hydra_cfg is not None:
         from hydra import compose
 
         defaults = compose(hydra_cfg.job.config_name)
+    validate_config(cfg, defaults)
+    if not cfg.resume:
+        _check_task_and_memory(cfg)
+        key, path = _new_run_dir(cfg, hydra_cfg)
+        if (problem := _unwritable(path)) is not None:
+            raise ConfigError(
+                f"{key}={show_value(OmegaConf.select(cfg, key, default=str(path)))}: {problem}; "
+                "must be a folder this process can create, or write in"
+            )
+        return RunPlan(cfg)
+    shown = f"resume={cfg.resume!r}"
+    run_dir = Path(cfg.resume).expanduser().resolve()
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise ConfigError(f"{shown}: no run there ({saved_path} is missing).")
+    if not has_checkpoint(run_dir):
+        raise ConfigError(f"{shown}: the run has no checkpoint yet.")
+    if defaults is not None:
         keys = requested_keys(cfg, hydra_cfg, defaults)
     else:
         defaults, keys = cfg, set(leaves(cfg))
     try:
-        resumed = resume_config(OmegaConf.load(saved_path), cfg, defaults, keys)
-        validate_config(resumed.cfg)
+        saved = load_run_config(saved_path)
     except ConfigError as err:
-        raise ConfigError(f"resume={cfg.resume!r}: {err}") from None
+        raise ConfigError(f"{shown}: {err}") from None
+    try:
+        resumed = resume_config(saved, cfg, defaults, keys)
+        validate_config(resumed.cfg)
+        _check_task_and_memory(resumed.cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{shown}: {saved_path}: {err}") from None
+    if (problem := _unwritable(run_dir)) is not None:
+        raise ConfigError(f"{shown}: the run directory cannot be written: {problem}.")
     resumed.cfg.resume = str(run_dir)
     return RunPlan(resumed.cfg, run_dir, resumed)
+
+
+def _check_task_and_memory(cfg: DictConfig) -> None:
+    """Raises a :class:`ConfigError` for a task the methods cannot train on, or sizes that do
+    not fit in memory; ``cfg``'s values are checked already."""
+    problems = memory_problems(cfg, inspect_task(cfg))
+    if problems:
+        raise ConfigError.listing(problems)
+
+
+def _new_run_dir(cfg: DictConfig, hydra_cfg: DictConfig | None) -> tuple[str, Path]:
+    """Where a new run's directory is made, and the key that says so: ``run_root`` (in which a
+    direct call makes it, and Hydra unless told otherwise), or ``hydra.run.dir``."""
+    if hydra_cfg is None:
+        return "run_root", Path(cfg.run_root)
+    if not OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+        path = Path(hydra_cfg.runtime.output_dir)  # inside a job: Hydra has made it
+    else:
+        path = Path(hydra_cfg.run.dir)  # before a run starts (Preflight)
+    overridden = any(o.partition("=")[0] == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+    return ("hydra.run.dir" if overridden else "run_root"), path
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why no run directory can be made at ``path`` (nor written in, if it exists); ``None``
+    if one can. The nearest folder that exists gets an empty folder made and removed at once:
+    what permissions say is not what the file system does (a read-only mount, ``/proc``, the
+    superuser)."""
+    existing = path.expanduser().absolute()
+    while not _exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        probe = tempfile.mkdtemp(prefix=".write-test-", dir=existing)
+    except OSError as err:
+        return f"no folder can be made in {existing} ({err.strerror or err})"
+    os.rmdir(probe)
+    return None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a parent that cannot be searched: as good as absent
+        return False
 
 
 class Preflight(Callback):
@@ -97,7 +192,7 @@ class Preflight(Callback):
             plan = plan_run(task_cfg, config.hydra)
         except ConfigError as err:
             logger.error("configuration error: %s", err)
-            sys.exit(2)
+            sys.exit(ExitCode.BAD_INPUT)
         if plan.resume_dir is not None:
             with read_write(config.hydra.run), open_dict(config.hydra.run):
                 config.hydra.run.dir = str(plan.resume_dir)
@@ -117,18 +212,25 @@ class OpenRun:
     state: dict[str, Any] | None = None
 
 
-def open_run(cfg: DictConfig) -> OpenRun:
+def open_run(cfg: DictConfig, method_cls: MethodFactory | None = None) -> OpenRun:
     """Plans the run (:func:`plan_run`), then makes its directory, or finds it for a resume.
 
     The directory is Hydra's output directory in a Hydra app; in a direct call,
     ``<run_root>/<method>/<env>/seed<N>-<time>``, the layout ``common.yaml`` gives Hydra. A new
-    run gets its resolved ``config.yaml``; a resume loads its newest intact checkpoint and
-    records what it changed (:func:`~torchrl_mcmc.recipes.resume.record_resume`). From here on
-    the package's logs go to ``train.log`` too.
+    run gets its resolved ``config.yaml``; a resume loads its newest intact checkpoint, checks
+    that it fits the networks of the run's configuration, and records what it changed
+    (:func:`~torchrl_mcmc.recipes.resume.record_resume`). From here on the package's logs go to
+    ``train.log`` too.
+
+    Args:
+        cfg: the configuration as composed.
+        method_cls: the method the run trains, which a resume's checkpoint must fit; by
+            default, the recipe Hydra's configuration name names (without either, a
+            checkpoint is not checked before it is loaded).
 
     Raises:
-        ConfigError: a bad value or ``resume=`` (a directory this process created for the run
-            is removed first).
+        ConfigError: a bad value or ``resume=``, or a checkpoint that does not fit (a directory
+            this process created for the run is removed first).
         CheckpointError: a resume whose checkpoints are all unreadable.
     """
     fresh_dir = _hydra_output_dir()
@@ -156,8 +258,44 @@ def open_run(cfg: DictConfig) -> OpenRun:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         return OpenRun(cfg, run_dir)
     state = load_checkpoint(run_dir)
+    if method_cls is None:
+        method_cls = _recipe_method()
+    if method_cls is not None:
+        _check_checkpoint_fits(cfg, state, run_dir, method_cls)
     record_resume(run_dir, plan.resumed)
     return OpenRun(cfg, run_dir, plan.resumed, state)
+
+
+def _check_checkpoint_fits(
+    cfg: DictConfig, state: Any, run_dir: Path, method_cls: MethodFactory
+) -> None:
+    """Raises a :class:`ConfigError` naming the checkpoint and what differs when ``state``,
+    the checkpoint loaded, does not fit the method ``cfg`` builds (on the CPU, from a copy of
+    the RNG state: shapes only matter)."""
+    env = make_env(cfg)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            built = method_cls(cfg, env, torch.device("cpu")).state_dict()
+    finally:
+        env.close()
+    saved = state.get("method") if isinstance(state, dict) else None
+    problems = checkpoint_mismatches(saved, built)
+    if problems:
+        sizes = ", ".join(
+            f"{k}={show_value(OmegaConf.select(cfg, k))}" for k in ("env.name", "network.hidden")
+        )
+        raise ConfigError(
+            f"resume={str(run_dir)!r}: the checkpoint {latest_checkpoint(run_dir)} does not fit "
+            f"the networks the run's config.yaml builds ({sizes}, ...): {'; '.join(problems)}. "
+            "Its config.yaml was changed or the checkpoint is another run's: put back the "
+            "run's own, or start a new run."
+        )
+
+
+def _recipe_method() -> MethodFactory | None:
+    """The method of the recipe the running Hydra app composed, if any."""
+    hydra_cfg = _hydra_config()
+    return None if hydra_cfg is None else METHODS.get(hydra_cfg.job.config_name)
 
 
 def _hydra_config() -> DictConfig | None:

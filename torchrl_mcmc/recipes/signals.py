@@ -11,14 +11,15 @@ logger = logging.getLogger(__name__)
 
 
 class StopRequests:
-    """SIGINT / SIGTERM ask the loop to stop at the end of the current iteration.
+    """SIGINT / SIGTERM ask the loop to stop before its next update.
 
     Within the ``with`` block the first of these signals only sets :attr:`signum`; the loop
-    checks it after each iteration, writes a checkpoint and exits (status 128 + the signal
-    number), so an interrupted run loses nothing and resumes with ``resume=<run dir>``. A second
-    signal falls through to the handlers that were there before (Python's default: stop now),
-    so a stuck run can still be killed. Handlers exist only in the main thread; elsewhere this
-    does nothing.
+    checks it before each update and after each iteration, writes a checkpoint and exits
+    (status 128 + the signal number), so an interrupted run loses nothing and resumes with
+    ``resume=<run dir>``, the updates its iteration had left first. A stop waits only for the
+    update, batch collection or evaluation under way. A second signal falls through to the
+    handlers that were there before (Python's default: stop now), so a stuck run can still be
+    killed. Handlers exist only in the main thread; elsewhere this does nothing.
 
     Examples:
         >>> with StopRequests() as stop:
@@ -43,7 +44,7 @@ class StopRequests:
     def _request(self, signum: int, frame: Any) -> None:
         self.signum = signum
         logger.warning(
-            "%s received: stopping after this iteration (again to stop now)",
+            "%s received: stopping before the next update (again to stop now)",
             signal.Signals(signum).name,
         )
         for previous_signum, handler in self._previous.items():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -24,6 +25,12 @@ class Method(Protocol):
     policy: nn.Module
     #: Keys of a collected batch that the updates read (the replay buffer stores only these).
     replay_keys: list
+    #: Gradient steps skipped so far because their loss or gradients were not finite (the
+    #: parameters and the optimisers' state were left as they were); the run counts an update
+    #: that skipped one as non-finite and stops after ``guard.max_nonfinite_updates`` in a row.
+    nonfinite_steps: int
+    #: What the last skipped step saw (which optimisers, the loss, the gradient norm).
+    nonfinite_reason: str
 
     def begin_iteration(self) -> None:
         """Called once per collected batch, before its updates (e.g. refresh a prior)."""
@@ -46,7 +53,10 @@ class LossMethod:
     optimisers; the HMC and Langevin methods add a PID controller of ``beta``, the TD3-style
     ones a counter of updates for the delayed policy step. A subclass builds its actor and loss,
     passes them and its optimisers to ``__init__``, and implements :meth:`update` with
-    :meth:`_step`; saving and restoring all of that state is done here.
+    :meth:`_step`; saving and restoring all of that state is done here. :meth:`_step` skips a
+    step whose loss or gradients are not finite (a learning rate too large, rewards of a large
+    scale...), so that the parameters and the optimisers' state keep their last finite values,
+    and counts it in :attr:`nonfinite_steps`.
 
     :meth:`state_dict` holds ``"loss"`` (the loss module's state), ``"optimizers"`` (one state
     per optimiser, by name), ``"pid"`` for a PID-controlled method (``None`` when
@@ -89,6 +99,8 @@ class LossMethod:
         self.policy = policy
         self.optimizers = optimizers
         self.replay_keys = loss.in_keys
+        self.nonfinite_steps = 0
+        self.nonfinite_reason = ""
         self.pid: PIDController | None = None
         if self.pid_controlled:
             if cfg.pid.enabled:
@@ -135,14 +147,40 @@ class LossMethod:
             self._iteration = {"updates": 0, "distances": []}
         return metrics
 
-    def _step(self, loss: torch.Tensor, *names: str) -> None:
-        """One gradient step on ``loss`` with the optimisers ``names`` (all of them if none)."""
-        optimizers = [self.optimizers[n] for n in names] if names else self.optimizers.values()
+    def _step(self, loss: torch.Tensor, *names: str) -> bool:
+        """One gradient step on ``loss`` with the optimisers ``names`` (all of them if none).
+
+        The step is taken only if ``loss`` and the norm of the optimisers' gradients are
+        finite; otherwise the gradients are dropped, the parameters and the optimisers' state
+        stay as they were, :attr:`nonfinite_steps` counts the step and
+        :attr:`nonfinite_reason` says what was not finite. Returns whether it was taken.
+        """
+        names = names or tuple(self.optimizers)
+        optimizers = [self.optimizers[n] for n in names]
         for optim in optimizers:
             optim.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [
+            p.grad
+            for optim in optimizers
+            for group in optim.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        # A finite total norm also bounds every squared gradient (Adam's second moment).
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        if not (torch.isfinite(loss) & torch.isfinite(grad_norm)).item():
+            for optim in optimizers:
+                optim.zero_grad(set_to_none=True)
+            self.nonfinite_steps += 1
+            self.nonfinite_reason = (
+                f"the {', '.join(names)} step: loss {loss.item():.3g}, "
+                f"gradient norm {grad_norm.item():.3g}"
+            )
+            return False
         for optim in optimizers:
             optim.step()
+        return True
 
     def _policy_turn(self) -> bool:
         """Counts one update; true for those that also move the actor and targets (TD3)."""
@@ -153,9 +191,11 @@ class LossMethod:
         """One PID step on the mean of the iteration's policy ``distances``, and ``beta`` set
         from it.
 
-        ``None`` when there is no controller, or no update measured a distance (with delayed
-        updates an iteration may have no actor update).
+        ``None`` when there is no controller, or no update measured a finite distance (with
+        delayed updates an iteration may have no actor update; a non-finite update's distance is
+        left out, so that it never reaches the controller's memory).
         """
+        distances = [d for d in distances if math.isfinite(d)]
         if self.pid is None or not distances:
             return None
         distance = sum(distances) / len(distances)

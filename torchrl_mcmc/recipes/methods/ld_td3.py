@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
@@ -10,6 +12,29 @@ from torchrl.envs import EnvBase
 from torchrl_mcmc import LangevinFlowActor, LangevinFlowLoss
 from torchrl_mcmc.recipes.factories import make_critic, make_deterministic_policy
 from torchrl_mcmc.recipes.methods.base import LossMethod
+
+
+def ld_actor_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """:class:`~torchrl_mcmc.LangevinFlowActor`'s keyword arguments from the configuration
+    (those of the environment, the state width and the action spec, aside)."""
+    return {
+        "num_layers": cfg.flow.num_layers,
+        "step_size": cfg.flow.step_size,
+        "hidden": cfg.flow.hidden,
+        "exploration_noise": cfg.td3.exploration_noise,
+        "potential_critic": cfg.flow.potential_critic,
+        "pessimism": cfg.flow.pessimism,
+    }
+
+
+def ld_loss_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """:class:`~torchrl_mcmc.LangevinFlowLoss`'s keyword arguments from the configuration."""
+    return {
+        "loss_function": cfg.optim.loss_function,
+        "policy_noise": cfg.td3.policy_noise,
+        "noise_clip": cfg.td3.noise_clip,
+        "update_mode": cfg.flow.update_mode,
+    }
 
 
 class LDTD3(LossMethod):
@@ -30,21 +55,10 @@ class LDTD3(LossMethod):
             make_critic(cfg, env),
             state_dim=env.observation_spec["observation"].shape[-1],
             action_spec=env.action_spec,
-            num_layers=cfg.flow.num_layers,
-            step_size=cfg.flow.step_size,
-            hidden=cfg.flow.hidden,
-            beta=cfg.pid.beta_init,
-            exploration_noise=cfg.td3.exploration_noise,
-            potential_critic=cfg.flow.potential_critic,
-            pessimism=cfg.flow.pessimism,
+            **ld_actor_kwargs(cfg),
         ).to(device)
-        loss = LangevinFlowLoss(
-            self.actor,
-            loss_function=cfg.optim.loss_function,
-            policy_noise=cfg.td3.policy_noise,
-            noise_clip=cfg.td3.noise_clip,
-            update_mode=cfg.flow.update_mode,
-        ).to(device)
+        loss = LangevinFlowLoss(self.actor, **ld_loss_kwargs(cfg)).to(device)
+        loss.beta = cfg.pid.beta_init  # the controller's start, or beta for good
         optimizers = {
             "critic": torch.optim.Adam(loss.critic_parameters(), lr=cfg.optim.lr),
             "policy": torch.optim.Adam(loss.policy_parameters(), lr=cfg.optim.lr),

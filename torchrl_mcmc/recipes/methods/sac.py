@@ -42,8 +42,9 @@ class SAC(LossMethod):
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         out = self.loss(batch)
-        self._step(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"])
-        self.target_updater.step()
+        # A skipped (non-finite) step moves no target either.
+        if self._step(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]):
+            self.target_updater.step()
         return {k: v.item() for k, v in out.items() if v.numel() == 1}
 
     def end_iteration(self, metrics: list[dict[str, float]]) -> dict[str, float]:

@@ -51,7 +51,7 @@ class TD3(LossMethod):
         metrics = {"loss_qvalue": loss_qvalue.item()}
         if self._policy_turn():
             loss_actor, _ = self.loss.actor_loss(batch)
-            self._step(loss_actor, "actor")
-            self.target_updater.step()
+            if self._step(loss_actor, "actor"):  # none on a skipped (non-finite) step
+                self.target_updater.step()
             metrics["loss_actor"] = loss_actor.item()
         return metrics
