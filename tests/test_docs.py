@@ -9,6 +9,7 @@ as GitHub slugs them. A path in backticks is not a link and is not checked here.
 from __future__ import annotations
 
 import re
+import tomllib
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
@@ -160,3 +161,12 @@ def test_no_doc_points_at_the_private_briefing(doc: Path) -> None:
         if "shared" in Path(unquote(target.partition("#")[0])).parts
     ]
     assert not hits, "docs must not refer to the private `shared` folder:\n" + "\n".join(hits)
+
+
+def test_the_wheels_long_description_links_to_nothing_a_wheel_lacks() -> None:
+    # pyproject's readme is the wheel's long description: a relative link there points at a
+    # file the wheel does not ship.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    text = (ROOT / pyproject["project"]["readme"]).read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert [t for t in targets if "://" not in t] == []

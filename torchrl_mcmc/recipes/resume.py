@@ -207,15 +207,20 @@ def checkpoint_mismatches(saved: Any, built: dict[str, Any], limit: int = 3) -> 
             found.append(f"its {part!r} is empty, the method's is not")
         elif saved[part] is not None and built[part] is None:
             found.append(f"its {part!r} is set, the method's is empty")
-    shapes = {k: tuple(v.shape) for k, v in saved["loss"].items() if isinstance(v, torch.Tensor)}
-    wanted = {k: tuple(v.shape) for k, v in built["loss"].items() if isinstance(v, torch.Tensor)}
-    for key in sorted(wanted.keys() - shapes.keys(), key=_weights_first):
+    # The loss's entries: its networks' tensors, compared by shape, and the modules' extra
+    # states (an actor's structural settings: K, gates, prior...), compared by value.
+    saved_loss, built_loss = saved["loss"], built["loss"]
+    for key in sorted(built_loss.keys() - saved_loss.keys(), key=_weights_first):
         found.append(f"loss.{key} is missing from it")
-    for key in sorted(shapes.keys() - wanted.keys(), key=_weights_first):
+    for key in sorted(saved_loss.keys() - built_loss.keys(), key=_weights_first):
         found.append(f"loss.{key} is in it, not in the networks built")
-    for key in sorted(wanted.keys() & shapes.keys(), key=_weights_first):
-        if shapes[key] != wanted[key]:
-            found.append(f"loss.{key} is {shapes[key]} in it, {wanted[key]} built")
+    for key in sorted(built_loss.keys() & saved_loss.keys(), key=_weights_first):
+        old, new = saved_loss[key], built_loss[key]
+        if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor):
+            if old.shape != new.shape:
+                found.append(f"loss.{key} is {tuple(old.shape)} in it, {tuple(new.shape)} built")
+        elif isinstance(old, torch.Tensor) or isinstance(new, torch.Tensor) or old != new:
+            found.append(f"loss.{key} is {old!r} in it, {new!r} built")
     if len(found) > limit:
         found = [*found[:limit], f"{len(found) - limit} more"]
     return found

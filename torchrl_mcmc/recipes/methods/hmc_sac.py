@@ -71,7 +71,10 @@ class HMCSAC(LossMethod):
             make_stochastic_policy(cfg, env),
             make_critic(cfg, env),
             action_spec=env.action_spec,
-            gate_state_dim=env.observation_spec["observation"].shape[-1],
+            # The gates read the state only with hmc.gate_state (its width, then).
+            gate_state_dim=(
+                env.observation_spec["observation"].shape[-1] if cfg.hmc.gate_state else None
+            ),
             **hmc_actor_kwargs(cfg),
         ).to(device)
         loss = HMCLoss(self.actor, **hmc_loss_kwargs(cfg)).to(device)
