@@ -82,15 +82,22 @@ def _raise_if_not_finite(
     graph (cheaper than a graph break that hands the tensordict over)."""
     if bool(finite):
         return
+    raise ValueError(
+        f"{owner}: the environment produced NaN or inf in {non_finite_rows(entries, rows)}; "
+        "no action can be "
+        "computed from them. Check the environment and its transforms."
+    )
+
+
+def non_finite_rows(entries: list[tuple[NestedKey, Tensor]], rows: int) -> str:
+    """``"'key' (n of N rows)"`` for each of ``entries`` (a key and its tensor of ``rows``
+    rows) with a NaN or inf in ``n`` of its rows, comma-separated: what an error names."""
     bad = []
     for key, value in entries:
         count = int((~value.isfinite()).reshape(rows, -1).any(-1).sum())
         if count:
             bad.append(f"{key!r} ({count} of {rows} rows)")
-    raise ValueError(
-        f"{owner}: the environment produced NaN or inf in {', '.join(bad)}; no action can be "
-        "computed from them. Check the environment and its transforms."
-    )
+    return ", ".join(bad)
 
 
 def unique_keys(keys: Sequence[NestedKey]) -> list[NestedKey]:

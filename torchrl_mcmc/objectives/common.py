@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
-from torchrl_mcmc.modules.common import MCMCActorBase
+from torchrl_mcmc.modules.common import MCMCActorBase, non_finite_rows
 from torchrl_mcmc.modules.hmc_actor import HMCSample
 from torchrl_mcmc.modules.langevin_actor import LangevinSample
 
@@ -88,14 +88,9 @@ def check_finite_batch(loss: str, tensordict: TensorDictBase, keys: Iterable[Nes
     entries = [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
     if not entries or bool(torch.stack([t.isfinite().all() for _, t in entries]).all()):
         return
-    rows = tensordict.batch_size.numel()
-    bad = []
-    for key, value in entries:
-        count = int((~value.isfinite()).reshape(rows, -1).any(-1).sum())
-        if count:
-            bad.append(f"{key!r} ({count} of {rows} rows)")
+    bad = non_finite_rows(entries, tensordict.batch_size.numel())
     raise ValueError(
-        f"{loss}: the batch holds NaN or inf in {', '.join(bad)}; the data is at fault (the "
+        f"{loss}: the batch holds NaN or inf in {bad}; the data is at fault (the "
         "environment or the replay buffer), not the loss, which computed nothing."
     )
 
