@@ -67,8 +67,7 @@ def check_finite_inputs(owner: str, tensordict: TensorDictBase, keys: Iterable[N
         ...
         ValueError: MyActor: the environment produced NaN or inf in 'observation' (2 of 4 rows)...
     """
-    entries = [(key, tensordict.get(key, None)) for key in keys]
-    entries = [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
+    entries = floating_entries(tensordict, keys)
     if entries:
         finite = torch.stack([t.isfinite().all() for _, t in entries]).all()
         _raise_if_not_finite(owner, finite, entries, tensordict.batch_size.numel())
@@ -87,6 +86,15 @@ def _raise_if_not_finite(
         "no action can be "
         "computed from them. Check the environment and its transforms."
     )
+
+
+def floating_entries(
+    tensordict: TensorDictBase, keys: Iterable[NestedKey]
+) -> list[tuple[NestedKey, Tensor]]:
+    """The floating-point entries ``keys`` of ``tensordict`` that it holds, with their keys:
+    what a finiteness check reads."""
+    entries = [(key, tensordict.get(key, None)) for key in keys]
+    return [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
 
 
 def non_finite_rows(entries: list[tuple[NestedKey, Tensor]], rows: int) -> str:

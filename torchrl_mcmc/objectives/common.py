@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
-from torchrl_mcmc.modules.common import MCMCActorBase, non_finite_rows
+from torchrl_mcmc.modules.common import MCMCActorBase, floating_entries, non_finite_rows
 from torchrl_mcmc.modules.hmc_actor import HMCSample
 from torchrl_mcmc.modules.langevin_actor import LangevinSample
 
@@ -84,8 +84,7 @@ def check_finite_batch(loss: str, tensordict: TensorDictBase, keys: Iterable[Nes
         ...
         ValueError: MyLoss: the batch holds NaN or inf in 'observation' (2 of 4 rows); the data...
     """
-    entries = [(key, tensordict.get(key, None)) for key in keys]
-    entries = [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
+    entries = floating_entries(tensordict, keys)
     if not entries or bool(torch.stack([t.isfinite().all() for _, t in entries]).all()):
         return
     bad = non_finite_rows(entries, tensordict.batch_size.numel())
