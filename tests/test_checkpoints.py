@@ -18,6 +18,7 @@ import torch
 from conftest import make_transitions
 from omegaconf import OmegaConf
 from torchrl.data import TensorDictReplayBuffer
+from torchrl.record.loggers.csv import CSVExperiment
 
 from torchrl_mcmc.recipes import SAC, compose_config, train
 from torchrl_mcmc.recipes.checkpoint import (
@@ -355,3 +356,78 @@ def test_a_read_only_directory_ends_the_run_at_its_last_checkpoint_which_resumes
     assert resumed.exit_code == ExitCode.OK
     assert resumed.summary["frames"] == 200
     assert "resumed at 150 frames" in (run_dir / "train.log").read_text()
+
+
+def test_a_full_disk_for_the_metrics_ends_the_run_at_its_last_checkpoint(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """The CSV logger's write at 300 frames finds the disk full (50-frame batches, a checkpoint
+    at 200): one error, exit 3; the resume logs each step once."""
+    overrides = [*SMOKE, f"run_root={tmp_path}", "collector.frames_per_batch=50"]
+    no_space = os.strerror(errno.ENOSPC)
+    real_add_scalar = CSVExperiment.add_scalar
+
+    def add_scalar(self, name, value, global_step=None):
+        if global_step >= 300:
+            raise OSError(errno.ENOSPC, no_space)  # a write(): no file name
+        real_add_scalar(self, name, value, global_step)
+
+    monkeypatch.setattr(CSVExperiment, "add_scalar", add_scalar)
+    with caplog.at_level("INFO", logger="torchrl_mcmc"):
+        run = train(compose_config("sac", overrides), SAC)
+    assert run.exit_code == ExitCode.FILESYSTEM
+    error = _error(caplog)
+    assert f"could not write {run.path / 'logs'} ([Errno 28] {no_space})" in error
+    assert f"The run stops at 300 frames; its last checkpoint, {run.path}" in error
+    assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == [_name(200)]
+
+    monkeypatch.undo()
+    resumed = train(compose_config("sac", [*overrides, f"resume={run.path}"]), SAC)
+    assert resumed.exit_code == ExitCode.OK
+    (returns,) = (run.path / "logs").rglob("eval/return.csv")
+    steps = [int(line.split(",")[0]) for line in returns.read_text().splitlines()]
+    assert steps == [200, 400]
+
+
+def test_a_full_disk_for_train_log_is_said_once_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Every write to ``train.log`` after its first three lines finds the disk full."""
+    real_open = logging.FileHandler._open
+
+    class FillingStream:
+        def __init__(self, stream) -> None:
+            self.stream, self.lines = stream, 0
+
+        def write(self, text: str) -> int:
+            self.lines += 1
+            if self.lines > 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.stream.write(text)
+
+        def __getattr__(self, name: str):
+            return getattr(self.stream, name)
+
+    monkeypatch.setattr(logging.FileHandler, "_open", lambda self: FillingStream(real_open(self)))
+    run = train(compose_config("sac", [*SMOKE, f"run_root={tmp_path}"]), SAC)
+    assert run.exit_code == ExitCode.OK and run.summary["frames"] == 400
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "train.log cannot be written" in line]
+    assert said == [
+        f"torchrl_mcmc: {run.path / 'train.log'} cannot be written ([Errno 28] "
+        f"{os.strerror(errno.ENOSPC)}); it gets no more log lines, the console still does"
+    ]
+    assert "Traceback" not in err and "Logging error" not in err
+    assert len((run.path / "train.log").read_text().splitlines()) == 3
+
+
+def test_each_run_in_a_process_logs_to_its_own_train_log_only(tmp_path: Path) -> None:
+    first, second = (
+        train(compose_config("sac", [*SMOKE, f"run_root={tmp_path / name}", f"seed={seed}"]), SAC)
+        for name, seed in (("first", 1), ("second", 2))
+    )
+    logs = [(run.path / "train.log").read_text() for run in (first, second)]
+    for run, log, other in zip((first, second), logs, reversed(logs), strict=True):
+        assert f"run directory: {run.path}" in log and str(run.path) not in other
+    handlers = logging.getLogger("torchrl_mcmc").handlers
+    assert not [h for h in handlers if isinstance(h, logging.FileHandler)]

@@ -255,6 +255,23 @@ def test_train_returns_the_run_and_load_run_gives_back_its_actor(
     episode = trained.rollout(max_steps=20, seed=0)
     assert 0 < episode.shape[0] <= 20 and episode["action"].abs().max() <= 1
 
+    # The run's checkpoint as a CUDA run writes it (every tensor tagged "cuda:0"): plain
+    # torch.load refuses it on this machine, load_run reads it onto the CPU.
+    newest = run.path / "checkpoints" / "frames_000000000400.pt"
+    state = torch.load(newest, weights_only=True)
+    as_cuda = (0, lambda storage: "cuda:0", lambda storage, location: None)
+    monkeypatch.setattr(
+        torch.serialization, "_package_registry", [as_cuda, *torch.serialization._package_registry]
+    )
+    torch.save(state, newest)
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA device"):
+            torch.load(newest, weights_only=True)
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        moved = load_run(run.path).method.policy(observations.clone())["action"]
+    torch.testing.assert_close(moved, actions[0], rtol=0, atol=0)
+
     # A video of it, where this machine renders MuJoCo off-screen.
     gif = tmp_path / "hopper.gif"
     script = f"from torchrl_mcmc.recipes import load_run; load_run({str(run.path)!r})"

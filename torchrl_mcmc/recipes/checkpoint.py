@@ -209,8 +209,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return next(iter(_checkpoint_files(run_dir / "checkpoints")), None)
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """The newest intact checkpoint of ``run_dir`` (``torch.load(weights_only=True)``).
+def load_checkpoint(
+    run_dir: Path, map_location: str | torch.device | None = None
+) -> dict[str, Any]:
+    """The newest intact checkpoint of ``run_dir`` (``torch.load(weights_only=True)``), its
+    tensors where they were saved or, given ``map_location``, there (``"cpu"`` reads a CUDA
+    run's checkpoint on a machine without a GPU).
 
     The pointer names the newest; if it is missing, empty or names no checkpoint file, a
     warning says so and the checkpoint files are tried, newest first. If a file cannot be read
@@ -235,7 +239,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     failures = []
     for index, path in enumerate(candidates):
         try:
-            state = torch.load(path, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
         # A damaged file fails in many ways (a truncated zip: RuntimeError; an empty file:
         # EOFError; other bytes: UnpicklingError, KeyError...): any failure to read it is one.
         except Exception as err:

@@ -24,14 +24,54 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: The name of the handler that writes a run's ``train.log``.
+RUN_LOG_HANDLER = "torchrl_mcmc.train_log"
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``train.log``'s handler. A write the file system refuses (a full disk) is said once on
+    stderr, in one line, and the file gets no more lines: the run itself goes on, and the
+    checkpoint it cannot write ends it with the message that says how to go on."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.set_name(RUN_LOG_HANDLER)
+        self.refused = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.refused:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)
+            return
+        self.refused = True
+        sys.stderr.write(
+            f"torchrl_mcmc: {self.baseFilename} cannot be written ({err}); it gets no more "
+            "log lines, the console still does\n"
+        )
+
+
 def setup_file_logging(run_dir: Path) -> None:
-    """Sends the package's log records (INFO and above) to ``run_dir/train.log`` too."""
-    handler = logging.FileHandler(run_dir / "train.log")
+    """Sends the package's log records (INFO and above) to ``run_dir/train.log`` too, and
+    there only: the file of an earlier run in this process gets no more lines."""
+    end_file_logging()
+    handler = _RunLogHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # The library's and the recipes' loggers both live under "torchrl_mcmc".
     package_logger = logging.getLogger("torchrl_mcmc")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
+
+
+def end_file_logging() -> None:
+    """Closes ``train.log``'s handler (:func:`setup_file_logging`), if one is open."""
+    package_logger = logging.getLogger("torchrl_mcmc")
+    for handler in [h for h in package_logger.handlers if h.get_name() == RUN_LOG_HANDLER]:
+        package_logger.removeHandler(handler)
+        handler.close()
 
 
 def make_metrics_logger(cfg: DictConfig, run: OpenRun, frames: int) -> Logger | None:

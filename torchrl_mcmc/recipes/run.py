@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,14 +57,13 @@ from torchrl_mcmc.recipes.factories import (
     set_seeds,
     set_threads,
 )
-from torchrl_mcmc.recipes.logs import console_logs_above, make_metrics_logger
+from torchrl_mcmc.recipes.logs import console_logs_above, end_file_logging, make_metrics_logger
 from torchrl_mcmc.recipes.methods.base import Method
 from torchrl_mcmc.recipes.provenance import provenance
 from torchrl_mcmc.recipes.run_dir import OpenRun, open_run
 from torchrl_mcmc.recipes.signals import StopRequests
 
 if TYPE_CHECKING:
-    from pathlib import Path
     from types import TracebackType
 
     from tqdm import tqdm
@@ -215,6 +215,7 @@ class Run:
             return self._build(opened)
         except BaseException:
             self._stack.close()  # the `with` block never starts: put the handlers back here
+            end_file_logging()
             raise
 
     def _build(self, opened: OpenRun) -> Run:
@@ -270,6 +271,16 @@ class Run:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
+        try:
+            return self._leave(exc_type, exc)
+        finally:
+            end_file_logging()  # the run's last lines are in its train.log; no later ones
+
+    def _leave(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None
+    ) -> bool | None:
+        """:meth:`__exit__`'s work: closing what the run built, the final checkpoint, the
+        summary and the video."""
         self._stack.close()  # console lines as before, and the signals' own handlers
         if self._bar is None:  # nothing was built: bad input, or nothing left to do
             if self.method is not None and not (self.path / "summary.json").exists():
@@ -529,8 +540,11 @@ class Run:
         progress.wall_time = time.monotonic() - self._started
         progress.scalars["time/frames_per_s"] = progress.frames / max(progress.wall_time, 1e-9)
         if self.exp_logger is not None:
-            for key, value in progress.scalars.items():
-                self.exp_logger.log_scalar(key, value, step=progress.frames)
+            try:
+                for key, value in progress.scalars.items():
+                    self.exp_logger.log_scalar(key, value, step=progress.frames)
+            except OSError as err:  # a full disk: the run ends at its last checkpoint
+                raise RunWriteError(Path(err.filename or self.path / "logs"), err) from err
         self._bar.update(self._batch_frames)
         formats = {"eval": ".1f", "alpha": ".3g", "beta": ".3g"}
         postfix = {k: format(self._last[k], f) for k, f in formats.items() if k in self._last}

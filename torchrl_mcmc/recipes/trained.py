@@ -118,7 +118,8 @@ def load_run(
     cfg = OmegaConf.load(path / "config.yaml")
     if method_cls is None:
         method_cls = METHODS[_recipe(cfg)]
-    state = load_checkpoint(path)
+    # Read onto the CPU, then copied to ``device``: a CUDA run loads on a machine without one.
+    state = load_checkpoint(path, map_location="cpu")
     env = make_env(cfg)
     # Built with random weights, at once replaced: the caller's RNG stream is left as it was.
     with torch.random.fork_rng(devices=[]):
