@@ -3,6 +3,7 @@ against non-finite updates, a trained run back in Python, and what ``summary.jso
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import make_transitions
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_mcmc import __version__
 from torchrl_mcmc.recipes import (
     HMCSAC,
+    METHODS,
     SAC,
     ExitCode,
     compose_config,
@@ -30,6 +33,7 @@ from torchrl_mcmc.recipes import (
 )
 from torchrl_mcmc.recipes import provenance as provenance_module
 from torchrl_mcmc.recipes import run as run_module
+from torchrl_mcmc.recipes.factories import make_env
 from torchrl_mcmc.recipes.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,6 +226,30 @@ def test_a_diverging_run_skips_its_updates_then_stops_with_exit_4(tmp_path: Path
     for value in TensorDict(after["loss"], []).values(True, True):
         assert value.isfinite().all()
     assert _checkpoint(run.path, 300)["progress"]["nonfinite_in_a_row"] == 15
+
+
+@pytest.mark.parametrize("recipe", sorted(METHODS))
+def test_a_skipped_update_moves_no_weight_no_optimiser_state_and_no_target(recipe: str) -> None:
+    """Every critic weight is inf: each loss is non-finite, each step skipped, over as many
+    updates as the actor waits for (TD3's delay), targets included."""
+    cfg = compose_config(recipe, SMOKE)
+    env = make_env(cfg)
+    method = METHODS[recipe](cfg, env, torch.device("cpu"))
+    env.close()
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    batch = make_transitions(obs_dim, env.action_spec.shape[-1], 32)
+    method.loss.qvalue_network_params.apply(lambda p: p.data.fill_(math.inf))
+    before = copy.deepcopy(method.state_dict())
+    for _ in range(getattr(method, "policy_delay", 1)):
+        method.update(batch.clone())
+    assert method.nonfinite_steps >= 1
+    after = method.state_dict()
+    _assert_identical(after["loss"], before["loss"], "loss")
+    # LD-TD3's flows all diverge on that critic: its policy and flow losses are zeros with zero
+    # gradients (docs/running.md), finite steps that move no weight; its critic's is skipped.
+    skipped = ["critic"] if recipe == "ld_td3" else list(after["optimizers"])
+    for name in skipped:
+        _assert_identical(after["optimizers"][name], before["optimizers"][name], name)
 
 
 # ---------------------------------------------------------------------------- a trained run

@@ -70,20 +70,21 @@ class LDTD3(LossMethod):
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         loss_qvalue, _ = self.loss.qvalue_loss(batch)
-        self._step(loss_qvalue, "critic")
+        critic_moved = self._step(loss_qvalue, "critic")
         metrics = {"loss_qvalue": loss_qvalue.item()}
         if self._policy_turn():
             loss_actor, info = self.loss.actor_loss(batch)
             if "flow" not in self.optimizers:
-                self._step(loss_actor, "policy")
+                moved = self._step(loss_actor, "policy")
             elif self.loss.update_mode == "joint":
-                self._step(loss_actor, "policy", "flow")
+                moved = self._step(loss_actor, "policy", "flow")
             else:
-                self._step(loss_actor, "policy")
+                moved = self._step(loss_actor, "policy")
                 loss_flow, _ = self.loss.flow_loss(batch)  # eq. 11: h moves at the new theta
-                self._step(loss_flow, "flow")
+                moved = self._step(loss_flow, "flow") and moved
                 metrics["loss_flow"] = loss_flow.item()
-            self.target_updater.step()
+            if critic_moved and moved:  # a skipped (non-finite) step moves no target
+                self.target_updater.step()
             metrics["loss_actor"] = loss_actor.item()
             metrics.update({k: float(v) for k, v in info.items()})
         return self._count_update(metrics)

@@ -47,11 +47,12 @@ class TD3(LossMethod):
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         loss_qvalue, _ = self.loss.value_loss(batch)  # TorchRL's name for the critic loss
-        self._step(loss_qvalue, "critic")
+        critic_moved = self._step(loss_qvalue, "critic")
         metrics = {"loss_qvalue": loss_qvalue.item()}
         if self._policy_turn():
             loss_actor, _ = self.loss.actor_loss(batch)
-            if self._step(loss_actor, "actor"):  # none on a skipped (non-finite) step
+            moved = self._step(loss_actor, "actor")
+            if critic_moved and moved:  # a skipped (non-finite) step moves no target
                 self.target_updater.step()
             metrics["loss_actor"] = loss_actor.item()
         return metrics
