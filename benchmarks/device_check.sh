@@ -9,7 +9,7 @@
 #      with device=cuda) and the `-k cuda` tests of the actor test files, 6 at a time when
 #      pytest-xdist is there; their log beside the result;
 #   2. the update and collection benchmark on `cuda` (benchmarks/update_speed.py) at K = 5:
-#      sac, hmc_sac's default (entropy_fast), bon_sac, td3 and ld_td3 eagerly; SAC's and the
+#      sac, hmc_sac's default (entropy_lcb), bon_sac, td3 and ld_td3 eagerly; SAC's and the
 #      default's critic loss with torch.compile, and with CUDA graphs (mode reduce-overhead;
 #      the chain stays eager, it double-backwards); collection eager and with
 #      collector.compile_policy=true;
@@ -80,9 +80,9 @@ if [[ -n "${DRY_RUN:-}" ]]; then
          | tee '$LOG' | grep -cE '^tests/[^ ]+::[^ ]+$' \
          | awk '{ print \$1 \" CUDA tests\"; exit (\$1 < 10) }'"
     stage "benchmark (CPU, tiny)" 300 "$PYTHON" -m benchmarks.update_speed --device cpu \
-        --configs sac exact_alternating entropy_fast bon_sac ld_td3 --num-steps 1 \
+        --configs sac exact_alternating entropy_lcb bon_sac ld_td3 --num-steps 1 \
         --hidden 32 32 --batch-size 32 --updates 4 --warmup 1 --chunk 2 --profile-updates 2 \
-        --collection-policies sac entropy_fast --collection-frames 100 --frames-per-batch 50 \
+        --collection-policies sac entropy_lcb --collection-frames 100 --frames-per-batch 50 \
         --no-compile-collection --output "$OUTPUT"
 else
     check_limit=15  # 45 + 120 + 270 + 15 s and the imports: inside the 8 minutes
@@ -96,8 +96,8 @@ else
         "set -o pipefail; '$PYTHON' -m pytest -q -p no:cacheprovider -rs ${parallel[*]} \
          -k cuda ${CUDA_TESTS[*]} 2>&1 | tee '$LOG'"
     stage "benchmark (cuda)" 270 "$PYTHON" -m benchmarks.update_speed --device cuda \
-        --configs sac entropy_fast bon_sac td3 ld_td3 --num-steps 5 --updates 100 --warmup 10 \
-        --chunk 10 --profile-updates 10 --collection-policies sac entropy_fast \
+        --configs sac entropy_lcb bon_sac td3 ld_td3 --num-steps 5 --updates 100 --warmup 10 \
+        --chunk 10 --profile-updates 10 --collection-policies sac entropy_lcb \
         --collection-frames 1000 --frames-per-batch 250 --compile-critic-loss compile cudagraphs \
         --output "$OUTPUT"
 fi

@@ -124,12 +124,12 @@ BAD_VALUES = [
         "hmc.potential_critic=max",
         "hmc.potential_critic='max': must be one of 'min', 'first', 'mean_std'",
     ),
-    ("hmc_sac", "hmc.pessimism=-1", "hmc.pessimism=-1: must be a finite number >= 0"),
+    ("hmc_sac", "hmc.pessimism=-1", "hmc.pessimism=-1: must be a finite number >= 0, or null"),
     (
         "hmc_sac",
-        "hmc.pessimism=2",
+        "hmc.potential_critic=first hmc.pessimism=2",
         "hmc.potential_critic='first', hmc.pessimism=2: pessimism is read only with "
-        "potential_critic=mean_std (leave it at 1.0 otherwise)",
+        "potential_critic=mean_std (leave it null otherwise)",
     ),
     (
         "hmc_sac",
@@ -141,12 +141,12 @@ BAD_VALUES = [
         "flow.potential_critic=max",
         "flow.potential_critic='max': must be one of 'min', 'first', 'mean_std'",
     ),
-    ("ld_td3", "flow.pessimism=nan", "flow.pessimism=nan: must be a finite number >= 0"),
+    ("ld_td3", "flow.pessimism=nan", "flow.pessimism=nan: must be a finite number >= 0, or null"),
     (
         "ld_td3",
         "flow.pessimism=0.5",
         "flow.potential_critic='min', flow.pessimism=0.5: pessimism is read only with "
-        "potential_critic=mean_std (leave it at 1.0 otherwise)",
+        "potential_critic=mean_std (leave it null otherwise)",
     ),
     ("hmc_sac", "hmc.next_action=mode", "hmc.next_action='mode': must be one of 'chain', 'base'"),
     (
@@ -273,7 +273,7 @@ BAD_VALUES = [
 def test_a_bad_value_is_reported_with_its_key_value_and_what_is_allowed(
     script: str, override: str, message: str
 ) -> None:
-    cfg = _compose(script, override)
+    cfg = _compose(script, *override.split(" "))  # a case of two keys: two overrides
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert str(error.value) == message

@@ -94,7 +94,7 @@ def test_langevin_potential_and_its_gradient(activation) -> None:
 def test_unit_pessimism_with_twins_is_the_minimum() -> None:
     """Same seed, same networks: ``mean_std`` with ``k = 1`` gives the ``min`` losses."""
     results = []
-    for kwargs in ({"potential_critic": "min"}, {"potential_critic": "mean_std"}):
+    for kwargs in ({"potential_critic": "min"}, {"potential_critic": "mean_std", "pessimism": 1}):
         torch.manual_seed(0)
         actor = HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT), num_steps=3, **kwargs)
         loss = HMCLoss(actor)
@@ -143,3 +143,21 @@ def test_acting_with_a_pessimistic_chain_is_finite_and_in_bounds() -> None:
     with torch.no_grad():
         td = actor(TensorDict({"observation": torch.randn(5, OBS)}, batch_size=[5]))
     assert td["action"].isfinite().all() and (td["action"].abs() <= 1).all()
+
+
+@pytest.mark.parametrize("build", ["hmc", "langevin"])
+def test_pessimism_left_unset_is_two_under_mean_std_and_one_otherwise(build: str) -> None:
+    def actor(**kwargs):
+        if build == "hmc":
+            return HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT), **kwargs)
+        return LangevinFlowActor(
+            make_td3_policy(OBS, ACT), make_critic(OBS, ACT), state_dim=OBS, **kwargs
+        )
+
+    assert actor(potential_critic="mean_std").pessimism == 2.0
+    assert actor(potential_critic="mean_std", pessimism=0.5).pessimism == 0.5
+    assert actor(potential_critic="min").pessimism == actor(potential_critic="first").pessimism == 1
+    with pytest.raises(
+        ValueError, match=r"pessimism=3\.0 is read only with potential_critic='mean_std'"
+    ):
+        actor(potential_critic="min", pessimism=3)

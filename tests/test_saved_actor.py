@@ -187,9 +187,9 @@ OTHER_SETTINGS = {
     "hmc-prior": (_hmc, {}, {"prior": "policy"}, "prior is 'uniform' in the state, 'policy' here"),
     "hmc-potential": (
         _hmc,
-        {"potential_critic": "mean_std", "pessimism": 2.0},
-        {"potential_critic": "mean_std"},
-        "pessimism is 2.0 in the state, 1.0 here",
+        {"potential_critic": "mean_std", "pessimism": 3.0},
+        {},
+        "pessimism is 3.0 in the state, 2.0 here",
     ),
     "hmc-action-dim": (_hmc, {"action_dim": 3}, {}, "action_dim is 3 in the state, 2 here"),
     "ld-K": (

@@ -106,7 +106,7 @@ def test_the_freeze_fix_row_runs_the_chain_as_before_the_fix() -> None:
 def _result(ratio_k5: float, with_bound: bool) -> dict:
     row = {"median_ms": 1.0, "mean_ms": 1.0, "n": 200, "ratio": ratio_k5}
     summary = {key: 0.5 for key in update_speed.SUMMARY_KEYS}
-    summary.update(default="entropy_fast", update_ratio_k5=ratio_k5)
+    summary.update(default="entropy_lcb", update_ratio_k5=ratio_k5)
     if with_bound:
         summary["bound"] = "GEMMs"
     return {
@@ -118,7 +118,7 @@ def _result(ratio_k5: float, with_bound: bool) -> dict:
         "update": {
             "configurations": {
                 "sac": {"baseline": None, "K": {"-": {**row, "ratio": None}}},
-                "entropy_fast": {"baseline": "sac", "K": {"5": row}},
+                "entropy_lcb": {"baseline": "sac", "K": {"5": row}},
             }
         },
     }
@@ -138,19 +138,20 @@ def test_the_result_check_names_what_is_missing() -> None:
 
 def test_the_summary_names_the_bound_above_two() -> None:
     def update(ratio: float) -> dict:
-        return {"configurations": {"entropy_fast": {"K": {"5": {"ratio": ratio}}}}}
+        return {"configurations": {"entropy_lcb": {"K": {"5": {"ratio": ratio}}}}}
 
     phases = {"critic_loss": 5.0, "actor_loss (chain and objective)": 20.0}
     gemm = {"calls_per_update": 100.0, "self_cpu_ms_per_update": 10.0}
     profile = {
         "sac": {"update_ms": 15.0, "phases_ms": phases, "gemm": gemm},
-        "entropy_fast@K=5": {"update_ms": 40.0, "phases_ms": phases, "gemm": gemm},
+        "entropy_lcb@K=5": {"update_ms": 40.0, "phases_ms": phases, "gemm": gemm},
     }
     assert "bound" not in update_speed._summary(update(1.9), None, profile)
     summary = update_speed._summary(update(2.5), None, profile)
     assert "actor_loss (chain and objective) 20.0 ms" in summary["bound"]
     assert summary["default_settings"]["hmc.prior"] == "uniform"
-    assert [c["name"] for c in summary["candidates"]] == ["entropy_fast"]
+    assert summary["default_settings"]["hmc.potential_critic"] == "mean_std"
+    assert [c["name"] for c in summary["candidates"]] == ["entropy_lcb"]
 
 
 # ------------------------------------------------------------------ the GPU check
@@ -170,7 +171,7 @@ def test_the_device_check_dry_run_writes_a_complete_result(tmp_path: Path) -> No
     assert update_speed.check_result(data) == []
     assert set(update_speed.SUMMARY_KEYS) <= set(data["summary"])
     configurations = data["update"]["configurations"]
-    assert configurations["entropy_fast"]["method"] == "torchrl_mcmc.recipes.methods.hmc_sac.HMCSAC"
+    assert configurations["entropy_lcb"]["method"] == "torchrl_mcmc.recipes.methods.hmc_sac.HMCSAC"
     assert configurations["ld_td3"]["baseline"] == "td3"
     assert data["device"] == "cpu" and data["threads"] == 1
 

@@ -42,6 +42,10 @@ __all__ = ["MCMCActorBase", "PotentialCritic", "check_finite_inputs"]
 
 PotentialCritic = Literal["min", "first", "mean_std"]
 
+#: ``pessimism`` of ``potential_critic="mean_std"`` when none is given: the twins' mean minus
+#: twice their spread (their minimum minus half of it; docs/method.md §1.7).
+DEFAULT_PESSIMISM = 2.0
+
 
 def check_finite_inputs(owner: str, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
     """Raises a ``ValueError`` if a floating-point entry ``keys`` of ``tensordict`` holds a NaN
@@ -266,13 +270,18 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
         # None for critics the fast path does not cover: they take the generic TensorDict path.
         self._fast_critic = PiecewiseLinearCritic.from_critic(critic)
 
-    def _set_potential_critic(self, potential_critic: PotentialCritic, pessimism: float) -> None:
-        """Checks and sets which critics the potential reads, and how they are combined."""
+    def _set_potential_critic(
+        self, potential_critic: PotentialCritic, pessimism: float | None
+    ) -> None:
+        """Checks and sets which critics the potential reads, and how they are combined
+        (``pessimism=None``: :data:`DEFAULT_PESSIMISM` with ``"mean_std"``, 1 otherwise)."""
         if potential_critic not in ("min", "first", "mean_std"):
             raise ValueError(
                 "potential_critic must be 'min', 'first' or 'mean_std', got "
                 f"potential_critic={potential_critic!r}."
             )
+        if pessimism is None:
+            pessimism = DEFAULT_PESSIMISM if potential_critic == "mean_std" else 1.0
         pessimism = check_number("pessimism", pessimism, positive=False)
         if potential_critic != "mean_std" and pessimism != 1.0:
             raise ValueError(

@@ -171,15 +171,16 @@ class HMCActor(MCMCActorBase):
             temperature ``alpha``: in ``u`` it is the squash's log-determinant,
             ``U(u) = -(Q / beta + log|det da/du|(u))``. ``"policy"`` (the paper's): the frozen
             previous policy ``pi_theta_t``, ``U(u) = -(Q / beta + log pi_theta_t(u|s))``.
-        potential_critic: which critics ``Q`` in the potential reads. ``"first"`` (the
-            default): the first critic alone, one critic evaluation per step instead of one per
-            critic. ``"min"`` (the paper's): the minimum over the bound critics (as SAC's policy
-            objective). ``"mean_std"``:
-            ``mean - pessimism * std`` over the critics, a lower confidence bound against
-            the chain climbing into actions the critics overrate (with twin critics,
-            ``pessimism=1`` is their minimum). ``"mean_std"`` also sets the ``Q`` that
+        potential_critic: which critics ``Q`` in the potential reads. ``"mean_std"`` (the
+            default): ``mean - pessimism * std`` over the critics, a lower confidence bound
+            against the chain climbing into actions the critics overrate (with twin critics,
+            ``pessimism=1`` is their minimum); it also sets the ``Q`` that
             :class:`~torchrl_mcmc.HMCLoss`'s objective scores (the minimum otherwise).
-        pessimism: ``k >= 0`` of ``potential_critic="mean_std"`` (leave at 1 otherwise).
+            ``"min"`` (the paper's): the minimum over the bound critics (as SAC's policy
+            objective). ``"first"``: the first critic alone, one critic evaluation per step
+            instead of one per critic (the cheapest).
+        pessimism: ``k >= 0`` of ``potential_critic="mean_std"``; ``None`` (the default): 2
+            there, 1 (unused) with the other critics, where it must stay 1.
         action_key: where the action is written; defaults to the policy's sample key.
         hmc_key: prefix of the chain's outputs (``(hmc_key, "u0")`` ...).
         flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``,
@@ -209,11 +210,11 @@ class HMCActor(MCMCActorBase):
         (torch.Size([8, 1]), True)
         >>> td["hmc", "uK"].shape, td["hmc", "u0_log_prob"].shape
         (torch.Size([8, 1]), torch.Size([8]))
-        >>> actor.prior_kind, actor.potential_critic  # the defaults: the recipes'
-        ('uniform', 'first')
+        >>> actor.prior_kind, actor.potential_critic, actor.pessimism  # the recipes' defaults
+        ('uniform', 'mean_std', 2.0)
         >>> paper = HMCActor(policy, critic, **HMCActor.PAPER_KWARGS)
-        >>> paper.prior_kind, paper.potential_critic, round(paper.beta.item(), 2)
-        ('policy', 'min', 0.05)
+        >>> paper.prior_kind, paper.potential_critic, paper.pessimism, round(paper.beta.item(), 2)
+        ('policy', 'min', 1.0, 0.05)
     """
 
     PAPER_KWARGS: ClassVar[Mapping[str, Any]] = MappingProxyType(
@@ -234,8 +235,8 @@ class HMCActor(MCMCActorBase):
         gate_state_dim: int | None = None,
         beta: float = 1.0,
         prior: Prior = "uniform",
-        potential_critic: PotentialCritic = "first",
-        pessimism: float = 1.0,
+        potential_critic: PotentialCritic = "mean_std",
+        pessimism: float | None = None,
         action_key: NestedKey | None = None,
         hmc_key: NestedKey = "hmc",
         flow: HamiltonianFlow | None = None,

@@ -194,7 +194,8 @@ class LangevinFlowActor(MCMCActorBase):
             bound against the flow climbing into actions the critics overrate; with twin
             critics ``pessimism=1`` is their minimum). ``"mean_std"`` also sets the ``Q`` that
             :class:`~torchrl_mcmc.LangevinFlowLoss`'s objective scores (the minimum otherwise).
-        pessimism: ``k >= 0`` of ``potential_critic="mean_std"`` (leave at 1 otherwise).
+        pessimism: ``k >= 0`` of ``potential_critic="mean_std"``; ``None`` (the default): 2
+            there, 1 (unused) with the other critics, where it must stay 1.
         flow_key: prefix of the flow's outputs (``(flow_key, "uK")`` ...).
         flow: a prebuilt :class:`~torchrl_mcmc.mcmc.LangevinFlow` (then ``num_layers``,
             ``step_size``, ``hidden``, ``scale_bound`` and ``state_dim`` come from it, and are
@@ -242,7 +243,7 @@ class LangevinFlowActor(MCMCActorBase):
         distance_smoothing: float = 0.01,
         exploration_noise: float = 0.1,
         potential_critic: PotentialCritic = "min",
-        pessimism: float = 1.0,
+        pessimism: float | None = None,
         flow_key: NestedKey = "flow",
         flow: LangevinFlow | None = None,
     ) -> None:

@@ -240,7 +240,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "hmc.h_update_interval": integer(1),
     "hmc.prior": one_of("policy", "uniform"),
     "hmc.potential_critic": one_of("min", "first", "mean_std"),
-    "hmc.pessimism": _non_negative,
+    "hmc.pessimism": optional(_non_negative),
     "hmc.next_action": one_of("chain", "base"),
     "hmc.value_entropy": optional(one_of("none", "auxiliary")),
     "hmc.target_entropy": either("auto", number()),
@@ -262,7 +262,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "flow.lr": _positive,
     "flow.update_mode": one_of("alternating", "joint"),
     "flow.potential_critic": one_of("min", "first", "mean_std"),
-    "flow.pessimism": _non_negative,
+    "flow.pessimism": optional(_non_negative),
     # td3.yaml and ld_td3.yaml
     "td3.exploration_noise": _non_negative,
     "td3.policy_noise": _non_negative,
@@ -288,10 +288,10 @@ def _whole_batches_per_worker(frames_per_batch: int, num_workers: int) -> str | 
     return "collector.frames_per_batch must be a multiple of collector.num_workers"
 
 
-def _pessimism_needs_mean_std(potential_critic: str, pessimism: float) -> str | None:
-    if potential_critic == "mean_std" or pessimism == 1.0:
+def _pessimism_needs_mean_std(potential_critic: str, pessimism: float | None) -> str | None:
+    if potential_critic == "mean_std" or pessimism in (None, 1.0):
         return None
-    return "pessimism is read only with potential_critic=mean_std (leave it at 1.0 otherwise)"
+    return "pessimism is read only with potential_critic=mean_std (leave it null otherwise)"
 
 
 #: Constraints between keys: ``(keys, rule(*values))``, checked once each key passed its own.
