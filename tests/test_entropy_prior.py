@@ -78,7 +78,9 @@ def test_entropy_prior_objective_is_q_minus_alpha_log_q() -> None:
     batch = make_transitions(OBS, ACT, 32)
     torch.manual_seed(0)
     out, states, _, _ = loss._chain(batch, None)
-    q = loss._qvalues(states, out.action, loss.qvalue_network_params).min(0).values
+    q_twins = loss._qvalues(states, out.action, loss.qvalue_network_params)
+    # The default potential's Q: the twins' mean minus twice their spread (|Q1 - Q2| / 2).
+    q = q_twins.mean(0) - 2.0 * (q_twins[0] - q_twins[1]).abs() / 2
     # J = Q - alpha log q(aK) - alpha / 2 |rho0|^2 (a term no parameter moves): with
     # -log N(rhoK) = |rhoK|^2 / 2 + d/2 log 2 pi, the normalisers cancel.
     expected = q - 0.3 * loss._log_q_action(out) - 0.3 * 0.5 * (out.rho0**2).sum(-1)
