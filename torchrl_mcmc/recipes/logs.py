@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 #: The name of the handler that writes a run's ``train.log``.
-RUN_LOG_HANDLER = "torchrl_mcmc.train_log"
+_RUN_LOG_HANDLER = "torchrl_mcmc.train_log"
 
 
 class _RunLogHandler(logging.FileHandler):
@@ -35,7 +35,7 @@ class _RunLogHandler(logging.FileHandler):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.set_name(RUN_LOG_HANDLER)
+        self.set_name(_RUN_LOG_HANDLER)
         self.refused = False
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -69,7 +69,7 @@ def setup_file_logging(run_dir: Path) -> None:
 def end_file_logging() -> None:
     """Closes ``train.log``'s handler (:func:`setup_file_logging`), if one is open."""
     package_logger = logging.getLogger("torchrl_mcmc")
-    for handler in [h for h in package_logger.handlers if h.get_name() == RUN_LOG_HANDLER]:
+    for handler in [h for h in package_logger.handlers if h.get_name() == _RUN_LOG_HANDLER]:
         package_logger.removeHandler(handler)
         handler.close()
 

@@ -66,8 +66,8 @@ def train(
         The run, closed: its directory (:attr:`~Run.path`), :attr:`~Run.summary` (``None``
         unless it completed), trained :attr:`~Run.method` and :attr:`~Run.exit_code`
         (:class:`~torchrl_mcmc.recipes.exit_codes.ExitCode`: 0 ok; 2 bad input; 3 a write the
-        file system refused; 4 diverged;
-        128 + N stopped by signal N), each stop after writing a checkpoint.
+        file system refused; 4 diverged; 128 + N stopped by signal N), each stop after writing
+        a checkpoint.
     """
     with Run(cfg, method_cls) as run:
         for batch in run.collect():
