@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,50 @@ def test_a_run_whose_pointer_was_deleted_resumes(tmp_path: Path) -> None:
     (run_dir / CHECKPOINT_POINTER).unlink()
     assert plan_run(resume).resume_dir == run_dir
     assert load_checkpoint(run_dir)["frames"] == 100
+
+
+def test_a_resume_whose_checkpoints_folder_is_read_only_is_refused_before_anything_is_built(
+    tmp_path: Path, monkeypatch
+) -> None:
+    cfg = compose_config("sac", [*SMOKE, f"run_root={tmp_path}"])
+    run_dir = (tmp_path / "run").resolve()
+    run_dir.mkdir()
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    ckpt_dir = _checkpoints(run_dir, 100)
+    real_mkdtemp = tempfile.mkdtemp
+
+    def refusing_mkdtemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == ckpt_dir:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refusing_mkdtemp)
+    with pytest.raises(ConfigError) as refused:
+        plan_run(OmegaConf.merge(cfg, {"resume": str(run_dir)}))
+    assert str(refused.value) == (
+        f"resume={str(run_dir)!r}: its checkpoints cannot be written: no folder can be made in "
+        f"{ckpt_dir} (Permission denied)."
+    )
+
+
+def test_an_unreadable_checkpoint_that_cannot_be_renamed_stays_and_an_older_one_loads(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    ckpt_dir = _checkpoints(tmp_path, 100, 200)
+    newest = ckpt_dir / _name(200)
+    newest.write_bytes(b"")
+
+    def refusing_rename(self: Path, target: Any) -> Path:
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "rename", refusing_rename)
+    with caplog.at_level("WARNING", logger="torchrl_mcmc"):
+        assert load_checkpoint(tmp_path)["frames"] == 100
+    assert (
+        f"could not set the unreadable checkpoint {newest} aside (Read-only file system); it "
+        "stays where it is" in caplog.text
+    )
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [_name(100), _name(200)]
 
 
 def test_a_resume_removes_the_temporary_files_of_writes_cut_short(tmp_path: Path) -> None:

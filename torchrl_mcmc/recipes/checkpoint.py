@@ -220,10 +220,10 @@ def load_checkpoint(
     warning says so and the checkpoint files are tried, newest first. If a file cannot be read
     (a truncated copy, a damaged disk: ``torch.load`` fails), a warning names it and the other
     checkpoints are tried, newest first (``checkpoint.keep`` > 1 keeps older ones for this).
-    Each unreadable file is renamed with :data:`UNREADABLE_SUFFIX`, and the pointer set to the
-    one loaded. Temporary files that writes cut short left behind are removed first
-    (:func:`remove_stale_temp_files`). Raises :class:`CheckpointError` naming every file tried
-    when none can be read.
+    Each unreadable file is renamed with :data:`UNREADABLE_SUFFIX` (left in place, with a
+    warning, where the file system refuses), and the pointer set to the one loaded. Temporary
+    files that writes cut short left behind are removed first (:func:`remove_stale_temp_files`).
+    Raises :class:`CheckpointError` naming every file tried when none can be read.
     """
     ckpt_dir = run_dir / "checkpoints"
     for directory in (run_dir, ckpt_dir):
@@ -248,8 +248,7 @@ def load_checkpoint(
             logger.warning("checkpoint %s is unreadable (%s); trying the next newest", path, reason)
             continue
         for unreadable in candidates[:index]:
-            if unreadable.exists():
-                unreadable.rename(unreadable.with_name(unreadable.name + UNREADABLE_SUFFIX))
+            _set_aside(unreadable)
         if path != pointed:
             _point_to(run_dir, path)
             logger.warning("resuming from the checkpoint %s", path)
@@ -263,6 +262,21 @@ def load_checkpoint(
         f"no checkpoint of {run_dir} can be read: {'; '.join(failures)}. The run cannot "
         "continue; start a new one."
     )
+
+
+def _set_aside(path: Path) -> None:
+    """Renames the unreadable checkpoint ``path`` with :data:`UNREADABLE_SUFFIX`; where the file
+    system refuses, a warning says so and the file stays (a later resume tries it again)."""
+    if not path.exists():
+        return
+    try:
+        path.rename(path.with_name(path.name + UNREADABLE_SUFFIX))
+    except OSError as err:
+        logger.warning(
+            "could not set the unreadable checkpoint %s aside (%s); it stays where it is",
+            path,
+            err.strerror or err,
+        )
 
 
 def _checkpoint_files(ckpt_dir: Path) -> list[Path]:

@@ -123,8 +123,12 @@ def plan_run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> RunPlan:
         _check_task_and_memory(resumed.cfg)
     except ConfigError as err:
         raise ConfigError(f"{shown}: {saved_path}: {err}") from None
-    if (problem := _unwritable(run_dir)) is not None:
-        raise ConfigError(f"{shown}: the run directory cannot be written: {problem}.")
+    for folder, what in (
+        (run_dir, "the run directory"),
+        (run_dir / "checkpoints", "its checkpoints"),
+    ):
+        if (problem := _unwritable(folder)) is not None:
+            raise ConfigError(f"{shown}: {what} cannot be written: {problem}.")
     resumed.cfg.resume = str(run_dir)
     return RunPlan(resumed.cfg, run_dir, resumed)
 
