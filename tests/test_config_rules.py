@@ -677,6 +677,43 @@ def test_a_read_only_run_root_is_refused(run_root: Path, caplog) -> None:
     )
 
 
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["checkpointed", "no checkpoint"])
+def test_a_new_run_in_a_folder_that_holds_a_run_is_refused_and_touches_nothing(
+    checkpointed: bool, tmp_path: Path, caplog
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    if checkpointed:
+        save_checkpoint(run_dir, {"frames": 100})
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    message = _preflight_message(
+        "sac", "preset=smoke", "env=Pendulum-v1", f"hydra.run.dir={run_dir}", caplog=caplog
+    )
+    what = (
+        f"continue it with resume={run_dir}, or start the new one in another folder"
+        if checkpointed
+        else "(one that stopped before its first checkpoint); remove that folder, or start the "
+        "new run in another one"
+    )
+    assert message == (
+        f"configuration error: hydra.run.dir='{run_dir}': {run_dir} holds a run already"
+        f"{'; ' if checkpointed else ' '}{what}"
+    )
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(
+    tmp_path: Path, monkeypatch, package_logs
+) -> None:
+    monkeypatch.setattr("torchrl_mcmc.recipes.run_dir.time.strftime", lambda _: "20261207-120000")
+    cfg = _compose("sac", "preset=smoke", "env=Pendulum-v1", f"run_root={tmp_path}")
+    folders = [open_run(cfg).path for _ in range(3)]
+    stem = tmp_path.resolve() / "sac" / "Pendulum-v1" / "seed0-20261207-120000"
+    assert folders == [stem, stem.with_name(stem.name + "-2"), stem.with_name(stem.name + "-3")]
+    assert all((folder / "config.yaml").is_file() for folder in folders)
+
+
 def test_good_input_passes_preflight_and_makes_nothing(tmp_path: Path, caplog) -> None:
     # Nothing but the run directory Hydra then makes (Preflight only tries that it can).
     for script in SCRIPTS:

@@ -101,6 +101,10 @@ def plan_run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> RunPlan:
                 f"{key}={show_value(OmegaConf.select(cfg, key, default=str(path)))}: {problem}; "
                 "must be a folder this process can create, or write in"
             )
+        if (problem := _holds_a_run(path)) is not None:
+            raise ConfigError(
+                f"{key}={show_value(OmegaConf.select(cfg, key, default=str(path)))}: {problem}"
+            )
         return RunPlan(cfg)
     shown = f"resume={cfg.resume!r}"
     run_dir = Path(cfg.resume).expanduser().resolve()
@@ -170,6 +174,22 @@ def _unwritable(path: Path) -> str | None:
         return f"no folder can be made in {existing} ({err.strerror or err})"
     os.rmdir(probe)
     return None
+
+
+def _holds_a_run(path: Path) -> str | None:
+    """Why a new run cannot start in ``path``: another run's ``config.yaml`` or checkpoints
+    are there (a new run would mix its files with theirs); ``None`` if none are."""
+    if not any(_exists(path / name) for name in ("config.yaml", CHECKPOINT_POINTER, "checkpoints")):
+        return None
+    if has_checkpoint(path):
+        return (
+            f"{path} holds a run already; continue it with resume={path}, or start the new "
+            "one in another folder"
+        )
+    return (
+        f"{path} holds a run already (one that stopped before its first checkpoint); remove "
+        "that folder, or start the new run in another one"
+    )
 
 
 def _exists(path: Path) -> bool:
@@ -251,9 +271,8 @@ def open_run(cfg: DictConfig, method_cls: MethodFactory | None = None) -> OpenRu
     elif fresh_dir is not None:
         run_dir = fresh_dir
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = (
-            Path(cfg.run_root).resolve() / cfg.method / cfg.env.name / f"seed{cfg.seed}-{stamp}"
+        run_dir = _new_stamped_dir(
+            Path(cfg.run_root).resolve() / cfg.method / cfg.env.name, cfg.seed
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_file_logging(run_dir)
@@ -268,6 +287,20 @@ def open_run(cfg: DictConfig, method_cls: MethodFactory | None = None) -> OpenRu
         _check_checkpoint_fits(cfg, state, run_dir, method_cls)
     record_resume(run_dir, plan.resumed)
     return OpenRun(cfg, run_dir, plan.resumed, state)
+
+
+def _new_stamped_dir(parent: Path, seed: int) -> Path:
+    """Makes ``parent/seed<seed>-<time>``, or with a ``-2``, ``-3``... suffix where a run
+    started in the same second has it already, and returns it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    name, suffix = f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}", 1
+    while True:
+        run_dir = parent / (name if suffix == 1 else f"{name}-{suffix}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            suffix += 1
 
 
 def _check_checkpoint_fits(
