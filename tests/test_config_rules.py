@@ -75,14 +75,38 @@ def test_the_shipped_configs_presets_and_envs_pass(script: str) -> None:
         assert config_problems(_compose(script, *overrides)) == [], overrides
 
 
+_F32 = (
+    "must be a finite number in [1.2e-38, 8.5e+37] (> 0, and float32 holds it and its reciprocal)"
+)
+
+_FOLDER = "must be a folder's name: non-empty, without / or \\, not . or .."
+
 #: ``(script, override, the whole message)``: the key, the bad value and what is allowed.
 BAD_VALUES = [
     ("bon_sac", "bon.num_samples=0", "bon.num_samples=0: must be an integer >= 1"),
     # The 13 of issue 10 that got no clean error.
     ("hmc_sac", "hmc.num_steps=2.5", "hmc.num_steps=2.5: must be an integer >= 0"),
-    ("hmc_sac", "hmc.step_size=0", "hmc.step_size=0: must be a finite number > 0"),
-    ("hmc_sac", "hmc.step_size=-1", "hmc.step_size=-1: must be a finite number > 0"),
-    ("hmc_sac", "pid.beta_min=0", "pid.beta_min=0: must be a finite number > 0"),
+    ("hmc_sac", "hmc.step_size=0", "hmc.step_size=0: " + _F32),
+    ("hmc_sac", "hmc.step_size=-1", "hmc.step_size=-1: " + _F32),
+    # Values whose float32 is 0 or whose reciprocal overflows: a chain that never moves, a
+    # temperature 1 / beta = inf (issue 30's audit).
+    ("hmc_sac", "hmc.step_size=1e-50", "hmc.step_size=1e-50: " + _F32),
+    # Interpolations that cannot be resolved: named, as given, with OmegaConf's reason.
+    (
+        "hmc_sac",
+        "hmc.step_size=${oc.env:TORCHRL_MCMC_UNSET}",
+        "hmc.step_size='${oc.env:TORCHRL_MCMC_UNSET}': cannot be resolved (KeyError raised while "
+        "resolving interpolation: \"Environment variable 'TORCHRL_MCMC_UNSET' not found\")",
+    ),
+    (
+        "sac",
+        "seed=${no.such}",
+        "seed='${no.such}': cannot be resolved (Interpolation key 'no.such' not found)",
+    ),
+    ("hmc_sac", "hmc.alpha_init=1e39", "hmc.alpha_init=1e+39: " + _F32),
+    ("hmc_sac", "pid.beta_min=1e-40", "pid.beta_min=1e-40: " + _F32),
+    ("sac", "sac.alpha_init=1e-45", "sac.alpha_init=1e-45: " + _F32),
+    ("hmc_sac", "pid.beta_min=0", "pid.beta_min=0: " + _F32),
     (
         "hmc_sac",
         "pid.beta_init=20",
@@ -154,13 +178,13 @@ BAD_VALUES = [
         "hmc.value_entropy=full",
         "hmc.value_entropy='full': must be one of 'none', 'auxiliary', or null",
     ),
-    ("hmc_sac", "hmc.alpha_init=0", "hmc.alpha_init=0: must be a finite number > 0"),
+    ("hmc_sac", "hmc.alpha_init=0", "hmc.alpha_init=0: " + _F32),
     ("hmc_sac", "pid.enabled=on", "pid.enabled='on': must be true or false"),
     ("hmc_sac", "pid.target=0", "pid.target=0: must be a finite number > 0"),
     ("hmc_sac", "pid.kp=-1", "pid.kp=-1: must be a finite number >= 0, or null"),
     ("hmc_sac", "pid.ki=inf", "pid.ki=inf: must be a finite number >= 0, or null"),
     ("hmc_sac", "pid.kd=-0.5", "pid.kd=-0.5: must be a finite number >= 0"),
-    ("hmc_sac", "pid.beta_max=nan", "pid.beta_max=nan: must be a finite number > 0"),
+    ("hmc_sac", "pid.beta_max=nan", "pid.beta_max=nan: " + _F32),
     ("sac", "seed=-1", "seed=-1: must be an integer in [0, 4294967295]"),
     (
         "sac",
@@ -169,7 +193,7 @@ BAD_VALUES = [
     ),
     ("sac", "run_root=''", "run_root='': must be a non-empty string"),
     ("sac", "resume=''", "resume='': must be a non-empty string, or null"),
-    ("sac", "method=''", "method='': must be a non-empty string"),
+    ("sac", "method=''", "method='': " + _FOLDER),
     ("sac", "progress_bar=sometimes", "progress_bar='sometimes': must be true or false"),
     (
         "sac",
@@ -223,7 +247,16 @@ BAD_VALUES = [
         "network.policy_hidden=[64, -1]: must be a list of layer widths, each an integer >= 1 "
         "([] for none), or null",
     ),
-    ("sac", "network.default_scale=0", "network.default_scale=0: must be a finite number > 0"),
+    (
+        "sac",
+        "network.default_scale=0.005",
+        "network.default_scale=0.005: must be a finite number > 0.01 and <= 88",
+    ),
+    (
+        "sac",
+        "network.default_scale=100",
+        "network.default_scale=100: must be a finite number > 0.01 and <= 88",
+    ),
     ("sac", "eval.episodes=0", "eval.episodes=0: must be an integer >= 1"),
     ("sac", "eval.video=1", "eval.video=1: must be true or false"),
     ("sac", "checkpoint.keep=0", "checkpoint.keep=0: must be an integer >= 1"),
@@ -237,8 +270,11 @@ BAD_VALUES = [
         "checkpoint.save_replay_buffer=no",
         "checkpoint.save_replay_buffer='no': must be true or false",
     ),
-    ("sac", "logger.exp_name=''", "logger.exp_name='': must be a non-empty string"),
-    ("sac", "sac.alpha_init=0", "sac.alpha_init=0: must be a finite number > 0"),
+    ("sac", "logger.exp_name=''", "logger.exp_name='': " + _FOLDER),
+    # Names that become folders stay one folder: nothing lands outside the run directory.
+    ("sac", "logger.exp_name=../../escape", "logger.exp_name='../../escape': " + _FOLDER),
+    ("hmc_sac", "method=..", "method='..': " + _FOLDER),
+    ("sac", "sac.alpha_init=0", "sac.alpha_init=0: " + _F32),
     ("sac", "sac.fixed_alpha=yes", "sac.fixed_alpha='yes': must be true or false"),
     ("td3", "td3.policy_delay=0", "td3.policy_delay=0: must be an integer >= 1"),
     (
@@ -250,7 +286,7 @@ BAD_VALUES = [
     ("ld_td3", "td3.policy_noise=-0.2", "td3.policy_noise=-0.2: must be a finite number >= 0"),
     ("ld_td3", "flow.num_layers=-1", "flow.num_layers=-1: must be an integer >= 0"),
     ("ld_td3", "flow.num_layers=2.0", "flow.num_layers=2.0: must be an integer >= 0"),
-    ("ld_td3", "flow.step_size=0", "flow.step_size=0: must be a finite number > 0"),
+    ("ld_td3", "flow.step_size=0", "flow.step_size=0: " + _F32),
     ("ld_td3", "flow.hidden=0", "flow.hidden=0: must be an integer >= 1"),
     ("ld_td3", "flow.lr=-1", "flow.lr=-1: must be a finite number > 0"),
     (
@@ -898,6 +934,19 @@ COMMAND_LINE_ERRORS = [
         "Could not append to config. An item is already at "
         "'replay.size'. Either remove + prefix: 'replay.size=10' Or add a second + to add or "
         "override 'replay.size': '++replay.size=10'",
+    ),
+    # Hydra ignores a launcher outside a multirun: the run would train here, unasked.
+    (
+        "hmc_sac",
+        ["hydra/launcher=submitit_slurm", "env=Ant-v4"],
+        "hydra/launcher=submitit_slurm: Hydra uses a launcher only for a multirun; add -m to "
+        "launch through it, or leave it out to train in this process",
+    ),
+    # A multirun's values are checked, every one, before its first job trains.
+    (
+        "sac",
+        ["-m", "preset=smoke", "seed=0,1.5"],
+        "seed=1.5: must be an integer in [0, 4294967295]",
     ),
 ]
 

@@ -379,7 +379,7 @@ def _tree(root: Path) -> list[Path]:
             ["hmc.step_size=0", "pid.beta_init=20", "threads=-1", "network.activation=bogus"],
             [
                 "configuration error: 4 bad values:",
-                "hmc.step_size=0: must be a finite number > 0",
+                "hmc.step_size=0: must be a finite number in [1.2e-38, 8.5e+37]",
                 "need pid.beta_min <= pid.beta_init <= pid.beta_max",
                 "threads=-1: must be an integer >= 0",
                 "network.activation='bogus': must be one of 'relu', 'tanh', 'elu', 'silu'",

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from torchrl_mcmc.recipes.config_rules import (
     ConfigError,
+    config_problems,
     leaves,
     nearest,
     show_value,
@@ -68,8 +69,10 @@ def command_line_problems(recipe: str, args: Sequence[str]) -> list[str]:
 
     Each override of a key the configuration lacks, a config group the recipe does not have or
     an option its group does not have is named with the nearest valid one; any other failure
-    to compose is Hydra's own message. With ``-m``, every value of a sweep is tried. A key
-    added with ``+`` composes, and is the run's own check
+    to compose is Hydra's own message. With ``-m``, every value of a sweep is tried, and
+    checked against its rule (:func:`~torchrl_mcmc.recipes.config_rules.config_problems`) before
+    the first job trains; a ``hydra/launcher`` without ``-m`` (which Hydra would ignore, training
+    here) is refused. A key added with ``+`` composes, and is the run's own check
     (:func:`~torchrl_mcmc.recipes.config_rules.validate_config`). A command line that asks
     Hydra for help, or for another search path, is left to Hydra.
     """
@@ -97,10 +100,21 @@ def command_line_problems(recipe: str, args: Sequence[str]) -> list[str]:
         jobs = _sweep_jobs(overrides) if flags.multirun else [list(flags.overrides)]
         for job in jobs:
             try:
-                compose(name, overrides=job, return_hydra_config=True)
+                composed = compose(name, overrides=job, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as err:
                 found = _override_problems(name, overrides, loader)
                 return found or [" ".join(str(err).split())]
+            if flags.multirun:  # a single run's values are Preflight's, before its directory
+                task = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
+                problems = config_problems(task, compose(name))
+                if problems:
+                    return problems
+    launchers = [o.input_line for o in overrides if o.key_or_group == "hydra/launcher"]
+    if launchers and not flags.multirun:
+        return [
+            f"{launchers[0]}: Hydra uses a launcher only for a multirun; add -m to launch "
+            "through it, or leave it out to train in this process"
+        ]
     return []
 
 

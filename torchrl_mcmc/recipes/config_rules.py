@@ -30,6 +30,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torchrl.data import Bounded, TensorSpec
 from torchrl.envs import EnvBase
 
@@ -138,6 +139,13 @@ def text(value: Any) -> str | None:
     return None if isinstance(value, str) and value else "must be a non-empty string"
 
 
+def folder_name(value: Any) -> str | None:
+    """A name that becomes one folder of a path: non-empty, no separator, not ``.`` or ``..``."""
+    ok = text(value) is None and value not in (".", "..")
+    ok = ok and not any(sep in value for sep in ("/", "\\", os.sep))
+    return None if ok else "must be a folder's name: non-empty, without / or \\, not . or .."
+
+
 def widths(value: Any) -> str | None:
     """Hidden layer widths of an ``MLP``: a list (empty for a linear map) of positive ints."""
     ok = isinstance(value, list) and all(integer(1)(w) is None for w in value)
@@ -186,6 +194,18 @@ def logger_backend(value: Any) -> str | None:
     return None
 
 
+def float32_scale(value: Any) -> str | None:
+    """A number > 0 that float32 holds, its reciprocal too: a step size or a temperature that
+    the networks' float32 arithmetic turns neither into 0 nor into inf."""
+    tiny = torch.finfo(torch.float32).tiny
+    if _is_number(value) and tiny <= value <= 1 / tiny:
+        return None
+    return (
+        f"must be a finite number in [{tiny:.2g}, {1 / tiny:.2g}] (> 0, and float32 holds it "
+        "and its reciprocal)"
+    )
+
+
 # ---------------------------------------------------------------------------- the table
 _positive = number(above=0)
 _non_negative = number(at_least=0)
@@ -193,7 +213,7 @@ _non_negative = number(at_least=0)
 #: One rule per config key of the five recipes (a section a recipe lacks is skipped).
 CONFIG_RULES: dict[str, Rule] = {
     # common.yaml
-    "method": text,
+    "method": folder_name,  # a folder of the run directory's path
     "seed": integer(0, 2**32 - 1),  # numpy's seed range
     "device": device,
     "threads": integer(0),
@@ -215,7 +235,9 @@ CONFIG_RULES: dict[str, Rule] = {
     "network.hidden": widths,
     "network.policy_hidden": optional(widths),
     "network.activation": one_of(*ACTIVATIONS),
-    "network.default_scale": _positive,
+    # TorchRL's biased_softplus: the scale has a floor of 0.01 and its inverse softplus
+    # overflows float32 above 88.
+    "network.default_scale": number(above=0.01, at_most=88),
     "eval.interval_frames": integer(1),
     "eval.episodes": integer(1),
     "eval.video": flag,
@@ -224,14 +246,14 @@ CONFIG_RULES: dict[str, Rule] = {
     "checkpoint.save_replay_buffer": flag,
     "guard.max_nonfinite_updates": integer(1),
     "logger.backend": logger_backend,
-    "logger.exp_name": text,
+    "logger.exp_name": folder_name,
     "logger.project": text,
     # env/*.yaml
     "env.name": env_id,
     "env.max_episode_steps": integer(1),
     # hmc_sac.yaml
     "hmc.num_steps": integer(0),
-    "hmc.step_size": _positive,
+    "hmc.step_size": float32_scale,
     "hmc.gated": flag,
     "hmc.gate_hidden": integer(1),
     "hmc.gate_state": flag,
@@ -244,20 +266,20 @@ CONFIG_RULES: dict[str, Rule] = {
     "hmc.next_action": one_of("chain", "base"),
     "hmc.value_entropy": optional(one_of("none", "auxiliary")),
     "hmc.target_entropy": either("auto", number()),
-    "hmc.alpha_init": _positive,
+    "hmc.alpha_init": float32_scale,
     # hmc_sac.yaml and ld_td3.yaml
     "pid.enabled": flag,
     "pid.target": _positive,
     "pid.kp": optional(_non_negative),
     "pid.ki": optional(_non_negative),
     "pid.kd": _non_negative,
-    "pid.beta_init": _positive,
-    "pid.beta_min": _positive,
-    "pid.beta_max": _positive,
+    "pid.beta_init": float32_scale,
+    "pid.beta_min": float32_scale,
+    "pid.beta_max": float32_scale,
     "pid.iteration_updates": optional(integer(1)),
     # ld_td3.yaml
     "flow.num_layers": integer(0),
-    "flow.step_size": _positive,
+    "flow.step_size": float32_scale,
     "flow.hidden": integer(1),
     "flow.lr": _positive,
     "flow.update_mode": one_of("alternating", "joint"),
@@ -269,7 +291,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "td3.noise_clip": _non_negative,
     "td3.policy_delay": integer(1),
     # sac.yaml
-    "sac.alpha_init": _positive,
+    "sac.alpha_init": float32_scale,
     "sac.fixed_alpha": flag,
     # bon_sac.yaml
     "bon.num_samples": integer(1),
@@ -331,6 +353,9 @@ def config_problems(cfg: DictConfig, defaults: DictConfig | None = None) -> list
             and its sections say which rules apply. Without it, the keys of
             :data:`CONFIG_RULES` are known, and the sections of ``cfg`` say.
     """
+    unresolvable = _unresolvable(cfg)
+    if unresolvable:
+        return unresolvable
     values = leaves(cfg)
     if defaults is None:
         known, sections = set(CONFIG_RULES), set(cfg)
@@ -355,6 +380,19 @@ def config_problems(cfg: DictConfig, defaults: DictConfig | None = None) -> list
             if problem is not None:
                 shown = ", ".join(f"{k}={show_value(values[k])}" for k in keys)
                 problems.append(f"{shown}: {problem}")
+    return problems
+
+
+def _unresolvable(cfg: DictConfig) -> list[str]:
+    """Every value of ``cfg`` whose interpolation cannot be resolved (``${oc.env:UNSET}``, a
+    key that does not exist): the key, the value as given and why."""
+    problems = []
+    for key, raw in leaves(cfg, resolve=False).items():
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException as err:
+            why = str(err).splitlines()[0]
+            problems.append(f"{key}={show_value(raw)}: cannot be resolved ({why})")
     return problems
 
 
