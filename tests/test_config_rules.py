@@ -39,10 +39,12 @@ from torchrl_mcmc.recipes.config_rules import (
     memory_uses,
     validate_config,
 )
+from torchrl_mcmc.recipes.exit_codes import ExitCode
 from torchrl_mcmc.recipes.factories import make_env, make_replay_buffer
 from torchrl_mcmc.recipes.methods import METHODS
 from torchrl_mcmc.recipes.resume import RESUME_MAY_CHANGE, requested_keys, resume_config
 from torchrl_mcmc.recipes.run_dir import Preflight, open_run
+from torchrl_mcmc.recipes.trainer import train
 
 SCRIPTS = ("hmc_sac", "sac", "bon_sac", "td3", "ld_td3")
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
@@ -748,6 +750,39 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(
     stem = tmp_path.resolve() / "sac" / "Pendulum-v1" / "seed0-20261207-120000"
     assert folders == [stem, stem.with_name(stem.name + "-2"), stem.with_name(stem.name + "-3")]
     assert all((folder / "config.yaml").is_file() for folder in folders)
+
+
+def test_each_method_names_the_sections_its_recipe_adds_to_the_common_ones() -> None:
+    common = set.intersection(*(set(_compose(script)) for script in SCRIPTS))
+    for script, method_cls in METHODS.items():
+        assert method_cls.sections == set(_compose(script)) - common, script
+
+
+@pytest.mark.parametrize(
+    ("script", "method", "problem"),
+    [
+        ("sac", "hmc_sac", "it lacks hmc, pid; it has sac, which HMCSAC does not read"),
+        ("hmc_sac", "sac", "it lacks sac; it has hmc, pid, which SAC does not read"),
+        ("sac", "bon_sac", "it lacks bon"),
+        ("bon_sac", "sac", "it has bon, which SAC does not read"),
+        ("td3", "ld_td3", "it lacks flow, pid"),
+    ],
+)
+def test_a_method_given_another_recipes_configuration_exits_2_before_anything_is_made(
+    script: str, method: str, problem: str, tmp_path: Path, caplog, package_logs
+) -> None:
+    cfg = _compose(script, "preset=smoke", "env=Pendulum-v1", f"run_root={tmp_path}")
+    method_cls = METHODS[method]
+    run = train(cfg, method_cls)
+    assert run.exit_code == ExitCode.BAD_INPUT and run.path is None
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error == (
+        f"configuration error: this configuration is not {method_cls.__name__}'s: {problem}; "
+        f"compose_config({method!r}, [...]) makes one"
+    )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TypeError, match="method_cls must be a method class such as SAC or HMCSAC"):
+        train(cfg, method)  # the recipe's name, not its class
 
 
 def test_good_input_passes_preflight_and_makes_nothing(tmp_path: Path, caplog) -> None:

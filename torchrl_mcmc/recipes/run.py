@@ -163,6 +163,11 @@ class Run:
     def __init__(
         self, cfg: DictConfig, method_cls: Callable[[DictConfig, EnvBase, torch.device], Method]
     ) -> None:
+        if not callable(method_cls):
+            raise TypeError(
+                "method_cls must be a method class such as SAC or HMCSAC (the recipes' are in "
+                f"torchrl_mcmc.recipes.METHODS), got {method_cls!r}"
+            )
         self.cfg = cfg
         self._method_cls = method_cls
         #: How the run ended (:class:`~torchrl_mcmc.recipes.exit_codes.ExitCode`; 0 while it runs).

@@ -259,6 +259,7 @@ def open_run(cfg: DictConfig, method_cls: MethodFactory | None = None) -> OpenRu
     """
     fresh_dir = _hydra_output_dir()
     try:
+        _check_method_fits(cfg, method_cls)
         plan = plan_run(cfg, _hydra_config())
     except ConfigError:
         _remove_if_fresh(fresh_dir)
@@ -301,6 +302,30 @@ def _new_stamped_dir(parent: Path, seed: int) -> Path:
             return run_dir
         except FileExistsError:
             suffix += 1
+
+
+def _check_method_fits(cfg: DictConfig, method_cls: MethodFactory | None) -> None:
+    """Raises a :class:`ConfigError` when ``cfg`` is another recipe's than ``method_cls``'s
+    (it lacks a section the method reads, or has one only another recipe's methods read)."""
+    own = getattr(method_cls, "sections", None)
+    if not own:
+        return  # a method of the user's own: its configuration is its own affair
+    others = set().union(*(m.sections for m in METHODS.values())) - own
+    missing, foreign = sorted(own - set(cfg)), sorted(others & set(cfg))
+    if not missing and not foreign:
+        return
+    recipe = next((name for name, m in METHODS.items() if m.sections == own), None)
+    found = [
+        f"it lacks {', '.join(missing)}" if missing else "",
+        f"it has {', '.join(foreign)}, which {method_cls.__name__} does not read"
+        if foreign
+        else "",
+    ]
+    fix = f"; compose_config({recipe!r}, [...]) makes one" if recipe is not None else ""
+    raise ConfigError(
+        f"this configuration is not {method_cls.__name__}'s: {'; '.join(f for f in found if f)}"
+        f"{fix}"
+    )
 
 
 def _check_checkpoint_fits(

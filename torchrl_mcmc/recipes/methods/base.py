@@ -79,6 +79,10 @@ class LossMethod:
         optimizers: the optimisers, by name (the checkpoint's keys).
     """
 
+    #: The sections of its recipe's configuration that it reads beyond the ones every recipe
+    #: has (``sac`` for SAC, ``hmc`` and ``pid`` for HMC-SAC...): a configuration without them,
+    #: or with another recipe's, is another method's (refused when a run opens).
+    sections: ClassVar[frozenset[str]] = frozenset()
     #: ``beta`` is PID-controlled (``cfg.pid``): the checkpoint has a ``"pid"`` entry, ``None``
     #: when ``cfg.pid.enabled`` is false.
     pid_controlled: ClassVar[bool] = False

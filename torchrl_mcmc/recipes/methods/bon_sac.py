@@ -20,6 +20,8 @@ from torchrl_mcmc.recipes.methods.sac import SAC, sac_loss_kwargs
 class BestOfNSAC(SAC):
     """BestOfNActor + BestOfNSACLoss: SAC's update, with the best-of-N target and acting."""
 
+    sections = frozenset({"sac", "bon"})
+
     def make_loss(
         self, cfg: DictConfig, env: EnvBase, device: torch.device
     ) -> tuple[BestOfNSACLoss, BestOfNActor]:

@@ -64,6 +64,7 @@ class HMCSAC(LossMethod):
         device: where the networks live.
     """
 
+    sections = frozenset({"hmc", "pid"})
     pid_controlled = True
 
     def __init__(self, cfg: DictConfig, env: EnvBase, device: torch.device) -> None:

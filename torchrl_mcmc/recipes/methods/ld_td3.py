@@ -46,6 +46,7 @@ class LDTD3(LossMethod):
         device: where the networks live.
     """
 
+    sections = frozenset({"flow", "td3", "pid"})
     pid_controlled = True
     delayed_policy = True
 

@@ -25,6 +25,8 @@ class SAC(LossMethod):
         device: where the networks live.
     """
 
+    sections = frozenset({"sac"})
+
     def __init__(self, cfg: DictConfig, env: EnvBase, device: torch.device) -> None:
         loss, acting = self.make_loss(cfg, env, device)
         optimizers = adam_for_actor_and_critics(loss, cfg.optim.lr)

@@ -26,6 +26,7 @@ class TD3(LossMethod):
         device: where the networks live.
     """
 
+    sections = frozenset({"td3"})
     delayed_policy = True
 
     def __init__(self, cfg: DictConfig, env: EnvBase, device: torch.device) -> None:
