@@ -36,7 +36,7 @@ from torchrl_mcmc.recipes.config_rules import (
 from torchrl_mcmc.recipes.exit_codes import ExitCode
 from torchrl_mcmc.recipes.factories import make_env
 from torchrl_mcmc.recipes.logs import setup_file_logging
-from torchrl_mcmc.recipes.methods import METHODS, Method
+from torchrl_mcmc.recipes.methods import METHODS, Method, method_fit_problem
 from torchrl_mcmc.recipes.resume import (
     ResumedConfig,
     checkpoint_mismatches,
@@ -306,26 +306,12 @@ def _new_stamped_dir(parent: Path, seed: int) -> Path:
 
 def _check_method_fits(cfg: DictConfig, method_cls: MethodFactory | None) -> None:
     """Raises a :class:`ConfigError` when ``cfg`` is another recipe's than ``method_cls``'s
-    (it lacks a section the method reads, or has one only another recipe's methods read)."""
-    own = getattr(method_cls, "sections", None)
-    if not own:
-        return  # a method of the user's own: its configuration is its own affair
-    others = set().union(*(m.sections for m in METHODS.values())) - own
-    missing, foreign = sorted(own - set(cfg)), sorted(others & set(cfg))
-    if not missing and not foreign:
-        return
-    recipe = next((name for name, m in METHODS.items() if m.sections == own), None)
-    found = [
-        f"it lacks {', '.join(missing)}" if missing else "",
-        f"it has {', '.join(foreign)}, which {method_cls.__name__} does not read"
-        if foreign
-        else "",
-    ]
-    fix = f"; compose_config({recipe!r}, [...]) makes one" if recipe is not None else ""
-    raise ConfigError(
-        f"this configuration is not {method_cls.__name__}'s: {'; '.join(f for f in found if f)}"
-        f"{fix}"
-    )
+    (:func:`~torchrl_mcmc.recipes.methods.method_fit_problem`)."""
+    problem = method_fit_problem(cfg, method_cls)
+    if problem is not None:
+        recipe = next((n for n, m in METHODS.items() if m.sections == method_cls.sections), None)
+        fix = f"; compose_config({recipe!r}, [...]) makes one" if recipe is not None else ""
+        raise ConfigError(problem + fix)
 
 
 def _check_checkpoint_fits(
