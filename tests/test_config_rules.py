@@ -232,7 +232,8 @@ BAD_VALUES = [
     ("sac", "optim.lr=-3e-4", "optim.lr=-0.0003: must be a finite number > 0"),
     ("sac", "optim.utd_ratio=0", "optim.utd_ratio=0: must be a finite number > 0"),
     ("sac", "optim.gamma=1.5", "optim.gamma=1.5: must be a finite number >= 0 and <= 1"),
-    ("sac", "optim.polyak=-0.1", "optim.polyak=-0.1: must be a finite number >= 0 and <= 1"),
+    ("sac", "optim.polyak=-0.1", "optim.polyak=-0.1: must be a finite number >= 0 and < 1"),
+    ("sac", "optim.polyak=1", "optim.polyak=1: must be a finite number >= 0 and < 1"),
     (
         "sac",
         "optim.loss_function=l3",

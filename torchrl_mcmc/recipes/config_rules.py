@@ -76,20 +76,26 @@ def integer(minimum: int, maximum: int | None = None) -> Rule:
 
 
 def number(
-    *, above: float | None = None, at_least: float | None = None, at_most: float | None = None
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
 ) -> Rule:
-    """A finite real (an ``int`` will do) ``> above``, ``>= at_least`` and ``<= at_most``."""
+    """A finite real (an ``int`` will do) ``> above``, ``>= at_least``, ``<= at_most`` and
+    ``< below``."""
     bounds = [
         f"> {above}" if above is not None else None,
         f">= {at_least}" if at_least is not None else None,
         f"<= {at_most}" if at_most is not None else None,
+        f"< {below}" if below is not None else None,
     ]
     allowed = " and ".join(b for b in bounds if b)
 
     def rule(value: Any) -> str | None:
         ok = _is_number(value)
         ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
-        ok = ok and (at_most is None or value <= at_most)
+        ok = ok and (at_most is None or value <= at_most) and (below is None or value < below)
         return None if ok else f"must be a finite number {allowed}".rstrip()
 
     return rule
@@ -230,7 +236,8 @@ CONFIG_RULES: dict[str, Rule] = {
     "optim.lr": _positive,
     "optim.utd_ratio": _positive,
     "optim.gamma": number(at_least=0, at_most=1),
-    "optim.polyak": number(at_least=0, at_most=1),  # TorchRL SoftUpdate's eps
+    # TorchRL SoftUpdate's eps: 1 would keep the target critics at their initial weights.
+    "optim.polyak": number(at_least=0, below=1),
     "optim.loss_function": one_of("l2", "smooth_l1", "l1"),
     "network.hidden": widths,
     "network.policy_hidden": optional(widths),
