@@ -85,6 +85,25 @@ def test_every_state_input_is_checked_and_an_unbatched_state_is_one_row() -> Non
         _hmc()(state)
 
 
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_a_missing_input_key_raises_a_key_error_naming_it_and_the_actor(name) -> None:
+    # As TorchRL's own modules do, not "linear(): argument 'input' must be Tensor, not
+    # NoneType" from deep inside the policy's network.
+    td = TensorDict({"obs": torch.randn(OBS)}, batch_size=[])
+    with pytest.raises(KeyError) as error:
+        ACTORS[name]()(td)
+    message = str(error.value)
+    assert message.startswith(f"\"{name}: the input has no 'observation' entry")
+    assert "it reads ['observation'] and has ['obs']" in message
+    assert "action" not in td  # raised before anything was computed or written
+
+
+def test_a_missing_gate_state_key_is_named_too() -> None:
+    actor = _hmc(gate_state_key="features", gate_state_dim=4)
+    with pytest.raises(KeyError, match="HMCActor: the input has no 'features' entry"):
+        actor(_states())
+
+
 # ---------------------------------------------------------------------------- (b) chains
 class PoisonedCritic(nn.Module):
     """``Q(s, a) = w . a``, except at the states whose first feature is above 0: ``poison``

@@ -101,9 +101,66 @@ def test_target_uses_the_best_next_action_by_the_trained_critics() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_samples=0"):
         _actor(num_samples=0)
-    with pytest.raises(ValueError, match="num_samples=True"):  # a bool is no count
+    with pytest.raises(TypeError, match="num_samples=True"):  # a bool is no count
         _actor(num_samples=True)
     with pytest.raises(TypeError, match="BestOfNActor"):
         BestOfNSACLoss(make_policy(OBS, ACT))
     with pytest.raises(ValueError, match="delay_actor"):
         BestOfNSACLoss(_actor(2), delay_actor=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"alpha_init": float("nan")},
+            ValueError,
+            "alpha_init must be finite and > 0, got alpha_init=nan",
+        ),
+        (
+            {"alpha_init": -1.0},
+            ValueError,
+            r"alpha_init must be finite and > 0, got alpha_init=-1.0",
+        ),
+        (
+            {"alpha_init": 1e-39},
+            ValueError,
+            "alpha_init=1e-39 is too small: 1 / alpha_init overflows",
+        ),
+        ({"alpha_init": True}, TypeError, "alpha_init=True"),
+        (
+            {"target_entropy": float("inf")},
+            ValueError,
+            r"target_entropy must be 'auto' \(-action_dim\) or a finite number, got "
+            "target_entropy=inf",
+        ),
+        ({"target_entropy": float("nan")}, ValueError, "target_entropy=nan"),
+        ({"target_entropy": True}, TypeError, "target_entropy=True"),
+        ({"num_qvalue_nets": True}, TypeError, "num_qvalue_nets=True"),
+    ],
+)
+def test_bad_sac_arguments_are_named_before_anything_is_built(kwargs, error, match) -> None:
+    actor = _actor(2)
+    with pytest.raises(error, match=match):
+        BestOfNSACLoss(actor, action_spec=SPEC, **kwargs)
+    assert actor.critic_params is None
+
+
+def test_a_missing_key_raises_a_key_error_naming_it() -> None:
+    actor = _actor(2)
+    loss = BestOfNSACLoss(actor, action_spec=SPEC)
+    with pytest.raises(KeyError, match=r"BestOfNSACLoss: the batch has no .*'next', 'observation'"):
+        loss(make_transitions(OBS, ACT, 4).exclude("next"))
+    with pytest.raises(KeyError, match="BestOfNActor: the input has no 'observation' entry"):
+        actor(make_transitions(OBS, ACT, 4).exclude("observation"))
+    # ("next", "terminated") stays optional: TorchRL's value estimators take it from done.
+    out = loss(make_transitions(OBS, ACT, 4).exclude(("next", "terminated")))
+    assert out["loss_qvalue"].isfinite()
+
+
+def test_a_second_loss_on_the_same_actor_warns_that_it_takes_over_the_critics() -> None:
+    actor = _actor(2)
+    BestOfNSACLoss(actor, action_spec=SPEC)
+    with pytest.warns(UserWarning, match="it now acts with the new BestOfNSACLoss's critics"):
+        second = BestOfNSACLoss(actor, action_spec=SPEC)
+    assert actor.critic_params is second.qvalue_network_params

@@ -53,7 +53,7 @@ def test_log_q_at_k0_is_the_tanh_normal_density() -> None:
 @pytest.mark.parametrize("prior", ["policy", "uniform"])
 def test_potential_and_its_closed_form_gradient(prior: str, potential_critic: str) -> None:
     loss = _loss({"prior": prior, "potential_critic": potential_critic})
-    loss.beta = 0.7
+    loss.actor.beta.fill_(0.7)  # under the uniform prior the loss's beta is its tuned alpha
     actor = loss.actor
     batch = make_transitions(OBS, ACT, 16)
     loc, scale = torch.randn(16, ACT), torch.rand(16, ACT) + 0.5

@@ -14,7 +14,13 @@ from torchrl.collectors import Collector
 from torchrl.data import Bounded, Categorical, Unbounded
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+from torchrl.modules import (
+    MLP,
+    NormalParamExtractor,
+    ProbabilisticActor,
+    TanhNormal,
+    ValueOperator,
+)
 
 from torchrl_mcmc import HMCActor
 from torchrl_mcmc.mcmc import HamiltonianFlow, normal_log_prob, squash
@@ -218,6 +224,36 @@ def _bad_policy_distribution():
         (lambda: _actor(gate_hidden=0), ValueError, "gate_hidden=0"),
         (lambda: _actor(beta=0.0), ValueError, "beta=0.0"),
         (lambda: _actor(beta=1e-300), ValueError, "beta=1e-300 is too small"),  # 0 in float32
+        (lambda: _actor(beta=1e39), ValueError, r"beta=1e\+39 is too large: it is inf"),
+        # exp(log eps) in float32: 0 (a chain that never moves) or inf.
+        (
+            lambda: _actor(step_size=1e-50),
+            ValueError,
+            r"step_size=1e-50 is too small: it is 0.0 in torch.float32; step_size must lie "
+            r"between 1.18e-38 and 3.4e\+38",
+        ),
+        (lambda: _actor(step_size=1e40), ValueError, r"step_size=1e\+40 is too large: it is inf"),
+        (
+            lambda: HamiltonianFlow(2, step_size=1e-50),
+            ValueError,
+            "step_size=1e-50 is too small",
+        ),
+        # A critic that is not a TensorDict module, or writes more than one value.
+        (
+            lambda: HMCActor(make_policy(3, 2), lambda td: td),
+            TypeError,
+            "the critic must be a TensorDict module .* got a function; wrap it in a ValueOperator",
+        ),
+        (
+            lambda: HMCActor(
+                make_policy(3, 2),
+                ValueOperator(
+                    MLP(in_features=5, out_features=2), in_keys=["observation", "action"]
+                ),
+            ),
+            ValueError,
+            "the critic's MLP has out_features=2; .* out_features=1",
+        ),
         (lambda: _actor(action_spec=Unbounded(shape=(2,))), ValueError, "UnboundedContinuous"),
         (lambda: _actor(action_spec=Categorical(4)), ValueError, "Categorical"),
         (
@@ -242,15 +278,15 @@ def _bad_policy_distribution():
         ),
         (lambda: _actor(gate_state_key="observation"), ValueError, "gate_state_dim"),
         # A bool is no number here: num_steps=True is a mistake, not K = 1.
-        (lambda: _actor(num_steps=True), ValueError, "num_steps=True"),
-        (lambda: _actor(gate_hidden=True), ValueError, "gate_hidden=True"),
+        (lambda: _actor(num_steps=True), TypeError, "num_steps=True"),
+        (lambda: _actor(gate_hidden=True), TypeError, "gate_hidden=True"),
         (
             lambda: _actor(gate_state_key="observation", gate_state_dim=True),
-            ValueError,
+            TypeError,
             "gate_state_dim=True",
         ),
-        (lambda: _actor(beta=True), ValueError, "beta=True"),
-        (lambda: _actor(step_size=True), ValueError, "step_size=True"),
+        (lambda: _actor(beta=True), TypeError, "beta=True"),
+        (lambda: _actor(step_size=True), TypeError, "step_size=True"),
         (lambda: _actor(gated=1), ValueError, "gated=1"),
         # An action spec of another dimension than the policy's.
         (
@@ -265,6 +301,21 @@ def _bad_policy_distribution():
 def test_bad_construction_fails_fast_with_a_clear_message(build, error, match) -> None:
     with pytest.raises(error, match=match):
         build()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_steps": True}, "num_steps=True"),
+        ({"gate_hidden": False}, "gate_hidden=False"),
+        ({"beta": True}, "beta=True"),
+        ({"step_size": True}, "step_size=True"),
+        ({"pessimism": True, "potential_critic": "mean_std"}, "pessimism=True"),
+    ],
+)
+def test_a_bool_is_no_number_but_a_type_error(kwargs, match) -> None:
+    with pytest.raises(TypeError, match=match):
+        _actor(**kwargs)
 
 
 def test_bind_rejects_unbatched_params() -> None:

@@ -222,12 +222,77 @@ def test_set_keys_renames_work_end_to_end() -> None:
         ({"value_entropy": "sac"}, "value_entropy='sac'"),
         ({"num_qvalue_nets": 0}, "num_qvalue_nets"),
         ({"loss_function": "huber"}, "huber"),
+        # alpha_init becomes the actor's beta (float32): the actor's rule for beta.
+        (
+            {"alpha_init": 1e-39},  # 1e-39 in float32, but 1 / alpha is inf: beta would be 0
+            r"alpha_init=1e-39 is too small: 1 / alpha_init overflows torch.float32; "
+            r"alpha_init must lie between 2.94e-39 and 3.4e\+38",
+        ),
+        ({"alpha_init": 1e39}, r"alpha_init=1e\+39 is too large: it is inf in torch.float32"),
+        *[
+            (
+                {"target_entropy": value},
+                r"target_entropy must be 'auto' \(-action_dim\) or a finite number, got "
+                f"target_entropy={value!r}",
+            )
+            for value in (float("nan"), float("inf"), -float("inf"))
+        ],
     ],
 )
 def test_bad_loss_arguments(kwargs, match) -> None:
     actor = HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT))
     with pytest.raises(ValueError, match=match):
         HMCLoss(actor, **kwargs)
+    assert actor.critic_params is None  # raised before anything was built
+
+
+@pytest.mark.parametrize("name", ["num_qvalue_nets", "alpha_init", "target_entropy"])
+def test_a_bool_where_a_number_is_expected_is_a_type_error_naming_it(name) -> None:
+    actor = HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT))
+    with pytest.raises(TypeError, match=f"{name}.*got {name}=True"):
+        HMCLoss(actor, **{name: True})
+
+
+def test_beta_cannot_be_set_under_the_uniform_prior_where_it_is_the_tuned_alpha() -> None:
+    loss = HMCLoss(HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT), num_steps=1))
+    with pytest.raises(ValueError) as error:
+        loss.beta = 0.05  # would be overwritten by alpha at the next call
+    message = str(error.value)
+    assert "HMCLoss: beta cannot be set (got beta=0.05)" in message
+    assert "prior='uniform'" in message and "alpha_init=" in message
+    assert "HMCActor.PAPER_KWARGS" in message and "HMCLoss.PAPER_KWARGS" in message
+    assert loss.actor.beta.item() == 1.0  # unchanged
+    _loss().beta = 0.05  # the paper's prior: set from outside
+
+
+def test_a_second_loss_on_the_same_actor_warns_that_it_takes_over_the_critics() -> None:
+    actor = HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT), num_steps=1, **PAPER_ACTOR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        first = HMCLoss(actor)  # the first binding: no warning
+        actor.bind_critic_params(first.qvalue_network_params)  # the same ones: none either
+    with pytest.warns(UserWarning) as record:
+        second = HMCLoss(actor)
+    (message,) = [str(w.message) for w in record if "critic parameters" in str(w.message)]
+    assert "HMCActor: its critic parameters were bound already" in message
+    assert "it now acts with the new HMCLoss's critics" in message
+    assert "the earlier ones are no longer the ones acting" in message
+    assert actor.critic_params is second.qvalue_network_params
+
+
+def test_a_batch_without_next_raises_a_key_error_naming_the_missing_entries() -> None:
+    loss = _loss()
+    with pytest.raises(KeyError) as error:
+        loss(_batch(4).exclude("next"))
+    message = str(error.value)
+    assert message.startswith(
+        "\"HMCLoss: the batch has no ('next', 'observation'), ('next', 'reward'), "
+        "('next', 'done') entries"
+    )
+    assert "has ['action', 'observation']" in message
+    # ("next", "terminated") stays optional: TorchRL's value estimators take it from done.
+    loss_q, _ = loss.qvalue_loss(_batch(4).exclude(("next", "terminated")))
+    assert loss_q.isfinite()
 
 
 # ---------------------------------------------------------------------------- training loops

@@ -498,6 +498,25 @@ def _with_exploration_module() -> TensorDictSequential:
         (lambda: _actor(scale_bound=-1.0), ValueError, "scale_bound=-1.0"),
         (lambda: _actor(beta=0.0), ValueError, "beta=0.0"),
         (lambda: _actor(beta=1e-300), ValueError, "beta=1e-300 is too small"),  # 0 in float32
+        (lambda: _actor(beta=1e39), ValueError, r"beta=1e\+39 is too large: it is inf"),
+        # exp(log eps) in float32: 0 (a flow that never moves) or inf.
+        (
+            lambda: _actor(step_size=1e-50),
+            ValueError,
+            r"step_size=1e-50 is too small: it is 0.0 in torch.float32; step_size must lie "
+            r"between 1.18e-38 and 3.4e\+38",
+        ),
+        (lambda: _actor(step_size=1e40), ValueError, r"step_size=1e\+40 is too large: it is inf"),
+        (
+            lambda: LangevinCoupling(torch.tensor([False, True]), step_size=1e-50),
+            ValueError,
+            "step_size=1e-50 is too small",
+        ),
+        (
+            lambda: LangevinFlowActor(make_td3_policy(OBS, ACT), nn.Linear(6, 1), state_dim=OBS),
+            TypeError,
+            "the critic must be a TensorDict module .* got a Linear",
+        ),
         (lambda: _actor(distance_smoothing=0.0), ValueError, "distance_smoothing=0.0"),
         (lambda: _actor(exploration_noise=-0.1), ValueError, "exploration_noise=-0.1"),
         (lambda: _actor(action_spec=Unbounded(shape=(ACT,))), ValueError, "UnboundedContinuous"),
@@ -539,16 +558,16 @@ def _with_exploration_module() -> TensorDictSequential:
             "flow.action_dim=3",
         ),
         # A bool is no number here.
-        (lambda: _actor(num_layers=True), ValueError, "num_layers=True"),
-        (lambda: _actor(hidden=True), ValueError, "hidden=True"),
+        (lambda: _actor(num_layers=True), TypeError, "num_layers=True"),
+        (lambda: _actor(hidden=True), TypeError, "hidden=True"),
         (
             lambda: LangevinFlowActor(
                 make_td3_policy(OBS, ACT), make_critic(OBS, ACT), state_dim=True
             ),
-            ValueError,
+            TypeError,
             "state_dim=True",
         ),
-        (lambda: _actor(exploration_noise=False), ValueError, "exploration_noise=False"),
+        (lambda: _actor(exploration_noise=False), TypeError, "exploration_noise=False"),
         # An action spec of another dimension than the policy's TanhModule.
         (
             lambda: _actor(action_spec=Bounded(-1.0, 1.0, (ACT + 1,))),
@@ -577,6 +596,22 @@ def test_bad_loss_arguments(kwargs, match) -> None:
         LangevinFlowLoss(_actor(), **kwargs)
     with pytest.raises(TypeError, match="HMCActor"):
         LangevinFlowLoss(HMCActor(make_policy(OBS, ACT), make_critic(OBS, ACT)))
+
+
+@pytest.mark.parametrize("name", ["num_qvalue_nets", "policy_noise", "noise_clip"])
+def test_a_bool_where_a_number_is_expected_is_a_type_error_naming_it(name) -> None:
+    actor = _actor()
+    with pytest.raises(TypeError, match=f"{name}.*got {name}=True"):
+        LangevinFlowLoss(actor, **{name: True})
+    assert actor.critic_params is None  # raised before anything was built
+
+
+def test_a_batch_without_next_raises_a_key_error_naming_the_missing_entries() -> None:
+    loss = _loss()
+    with pytest.raises(KeyError, match=r"LangevinFlowLoss: the batch has no \('next', 'obs"):
+        loss.qvalue_loss(_batch(4).exclude("next"))
+    with pytest.raises(KeyError, match="LangevinFlowLoss: the batch has no 'observation' entry"):
+        loss.actor_loss(_batch(4).exclude("observation"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -319,6 +319,37 @@ def test_hook_writes_plain_attribute_and_custom_keys():
     assert loss.kl_weight == 4.0 and isinstance(loss.kl_weight, float)
 
 
+class DeclaredOutputsLoss(BufferBetaLoss):
+    """A loss that declares its outputs, as TorchRL's losses do, without a policy distance."""
+
+    out_keys: ClassVar[list[str]] = ["loss_actor", "entropy"]
+
+
+def test_hook_refuses_a_loss_that_emits_no_policy_distance():
+    # Found at construction, not at the first accumulate (a KeyError there).
+    with pytest.raises(ValueError, match=r"DeclaredOutputsLoss emits no 'policy_distance' \(its"):
+        PIDBetaHook(DeclaredOutputsLoss(), PIDController(**CONFIG))
+    hook = PIDBetaHook(DeclaredOutputsLoss(), PIDController(**CONFIG), distance_key="entropy")
+    assert hook.distance_key == "entropy"
+
+
+def test_hook_refuses_an_hmc_loss_whose_beta_is_the_tuned_alpha():
+    from conftest import make_critic, make_policy
+
+    from torchrl_mcmc import HMCActor, HMCLoss
+
+    uniform = HMCLoss(HMCActor(make_policy(3, 2), make_critic(3, 2), num_steps=1))
+    with pytest.raises(ValueError) as error:
+        PIDBetaHook(uniform, PIDController(0.05))
+    message = str(error.value)
+    assert message.startswith("PIDBetaHook: HMCLoss tunes beta itself")
+    assert "prior='uniform'" in message and "emits no 'policy_distance'" in message
+    assert "HMCActor.PAPER_KWARGS" in message
+    assert uniform.actor.beta.item() == 1.0  # nothing written
+    paper = HMCActor(make_policy(3, 2), make_critic(3, 2), num_steps=1, **HMCActor.PAPER_KWARGS)
+    PIDBetaHook(HMCLoss(paper, **HMCLoss.PAPER_KWARGS), PIDController(0.05))
+
+
 def test_hook_errors_and_empty_step():
     with pytest.raises(AttributeError, match="temperature"):
         PIDBetaHook(BufferBetaLoss(), PIDController(**CONFIG), beta_attr="temperature")

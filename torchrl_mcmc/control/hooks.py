@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from tensordict import NestedKey, TensorDictBase
+from tensordict.utils import unravel_key
 from torch import Tensor, nn
 from torchrl.trainers import TrainerHookBase
 
@@ -38,6 +39,32 @@ logger = logging.getLogger(__name__)
 
 # The stage the hook runs at (see the module docstring for the choice).
 _STAGE = "post_optim_complete_log"
+
+
+def _check_emits_distance(loss_module: nn.Module, distance_key: NestedKey) -> None:
+    """A ``ValueError`` unless ``loss_module`` may emit ``distance_key`` and lets ``beta`` be
+    set: what :class:`PIDBetaHook` needs. A loss that declares nothing (no ``out_keys``) is
+    taken at its word; its first output is checked by :meth:`PIDBetaHook.accumulate`."""
+    name = type(loss_module).__name__
+    if getattr(loss_module, "tunes_alpha", False):
+        raise ValueError(
+            f"PIDBetaHook: {name} tunes beta itself: with the actor's prior='uniform' beta is "
+            "SAC's temperature alpha, tuned to target_entropy, and the loss emits no "
+            f"{distance_key!r} for a controller to read. Drop the hook (set the temperature's "
+            f"start with {name}(actor, alpha_init=...)), or use the paper's prior, "
+            f"HMCActor(policy, critic, **HMCActor.PAPER_KWARGS) and "
+            f"{name}(actor, **{name}.PAPER_KWARGS), whose beta a PID controller steers."
+        )
+    out_keys = getattr(loss_module, "out_keys", None)
+    if out_keys is None:
+        return
+    declared = [unravel_key(k) for k in out_keys]
+    if unravel_key(distance_key) not in declared:
+        raise ValueError(
+            f"PIDBetaHook: {name} emits no {distance_key!r} (its out_keys are {list(out_keys)}), "
+            "the policy distance the controller reads. Pass distance_key=<the entry holding "
+            "it>, or use a loss that emits one."
+        )
 
 
 class PIDBetaHook(TrainerHookBase):
@@ -81,6 +108,11 @@ class PIDBetaHook(TrainerHookBase):
     Raises:
         AttributeError: if ``loss_module`` has no attribute ``beta_attr``.
         TypeError: if ``controller`` is not a :class:`PIDController`.
+        ValueError: if ``loss_module`` tunes ``beta`` itself (its ``tunes_alpha``: an
+            :class:`~torchrl_mcmc.HMCLoss` whose actor has ``prior="uniform"``, where ``beta``
+            is SAC's temperature and no policy distance is emitted), or declares its outputs
+            (``out_keys``) and ``distance_key`` is not among them: the controller would have
+            nothing to read, and the first :meth:`accumulate` would fail.
 
     Examples:
         >>> import torch
@@ -114,6 +146,7 @@ class PIDBetaHook(TrainerHookBase):
                 f"{type(loss_module).__name__} has no attribute {beta_attr!r} for the PID "
                 "controller to write beta into; pass beta_attr=<the loss's beta attribute>."
             )
+        _check_emits_distance(loss_module, distance_key)
         self.loss_module = loss_module
         self.controller = controller
         self.distance_key = distance_key

@@ -26,7 +26,11 @@ from torchrl_mcmc.mcmc.integrators import (
     potential_grad,
 )
 from torchrl_mcmc.mcmc.nets import run_tanh_mlp, tanh_mlp
-from torchrl_mcmc.mcmc.settings import SavedSettings, check_integer, check_number
+from torchrl_mcmc.mcmc.settings import (
+    SavedSettings,
+    check_integer,
+    check_positive_float,
+)
 
 __all__ = ["DIVERGENCE_THRESHOLD", "FlowOutput", "GradientGate", "HamiltonianFlow"]
 
@@ -144,7 +148,8 @@ class HamiltonianFlow(SavedSettings, nn.Module):
 
     Keyword Args:
         num_steps: ``K >= 0``; ``K = 0`` is the base policy.
-        step_size: initial ``eps`` (all dimensions), ``> 0``.
+        step_size: initial ``eps`` (all dimensions), ``> 0`` and a normal, finite number in the
+            default dtype (``float32``: from ``1.18e-38`` to ``3.4e38``), stored as ``log eps``.
         gated: use :class:`GradientGate` (eqs. 18–19); ``False`` is plain leapfrog (eq. 13).
         gate_hidden: gate width (``>= 1``).
         state_dim: state features the gates read; ``0`` ignores the state.
@@ -186,7 +191,8 @@ class HamiltonianFlow(SavedSettings, nn.Module):
         super().__init__()
         action_dim = check_integer("action_dim", action_dim, 1)
         num_steps = check_integer("num_steps", num_steps, 0)
-        step_size = check_number("step_size", step_size)
+        # Stored as log eps: exp(log eps) must be a positive, finite float32 (1e-50 is 0 there).
+        step_size = check_positive_float("step_size", step_size)
         if not isinstance(gated, bool):
             raise ValueError(f"gated must be a bool, got gated={gated!r}.")
         if isinstance(divergence_threshold, bool) or not divergence_threshold > 0:

@@ -43,7 +43,12 @@ from torch import Tensor, nn
 
 from torchrl_mcmc.mcmc.integrators import potential_grad
 from torchrl_mcmc.mcmc.nets import run_tanh_mlp, tanh_mlp
-from torchrl_mcmc.mcmc.settings import SavedSettings, check_integer, check_number
+from torchrl_mcmc.mcmc.settings import (
+    SavedSettings,
+    check_integer,
+    check_number,
+    check_positive_float,
+)
 
 __all__ = [
     "LangevinCoupling",
@@ -108,7 +113,8 @@ class LangevinCoupling(nn.Module):
     Keyword Args:
         state_dim: width of the context the networks read besides ``x[mask]``; ``0`` for none.
         hidden: hidden width of the network (the paper's small nets: 8 or 16).
-        step_size: initial ``eps > 0``.
+        step_size: initial ``eps > 0``, a normal, finite number in the default dtype
+            (``float32``: from ``1.18e-38`` to ``3.4e38``), stored as ``log eps``.
         scale_bound: ``b > 0`` of the soft clamp on ``S`` and ``sigma``: one layer scales its
             free half by at most ``e^b``.
 
@@ -137,7 +143,8 @@ class LangevinCoupling(nn.Module):
             )
         state_dim = check_integer("state_dim", state_dim, 0)
         hidden = check_integer("hidden", hidden, 1)
-        step_size = check_number("step_size", step_size)
+        # Stored as log eps: exp(log eps) must be a positive, finite float32 (1e-50 is 0 there).
+        step_size = check_positive_float("step_size", step_size)
         scale_bound = check_number("scale_bound", scale_bound)
         in_features = int(mask.sum()) + state_dim
         if in_features == 0:

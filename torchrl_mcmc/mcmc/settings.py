@@ -15,34 +15,50 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["SavedSettings", "check_integer", "check_number", "check_saved_settings"]
+__all__ = [
+    "SavedSettings",
+    "check_integer",
+    "check_number",
+    "check_positive_float",
+    "check_saved_settings",
+]
 
 _EXTRA_STATE = "_extra_state"  # the key suffix torch.nn.Module gives get_extra_state's value
 
 
 def check_integer(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum``; a ``ValueError`` naming the
-    argument otherwise. A ``bool`` is no integer here: ``num_steps=True`` is a mistake, not
-    ``K = 1``.
+    """``value`` as an ``int`` if it is an integer ``>= minimum``; an error naming the argument
+    otherwise: a ``TypeError`` for a non-integer, a ``bool`` included (``num_steps=True`` is
+    a mistake, not ``K = 1``), a ``ValueError`` for an integer below ``minimum``.
 
     Examples:
         >>> check_integer("num_steps", 5, 0)
         5
+        >>> check_integer("num_steps", -1, 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_steps must be an integer >= 0, got num_steps=-1.
         >>> check_integer("num_steps", True, 0)
         Traceback (most recent call last):
         ...
-        ValueError: num_steps must be an integer >= 0, got num_steps=True.
+        TypeError: num_steps must be an integer >= 0, got num_steps=True (a bool).
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}.")
+    message = f"{name} must be an integer >= {minimum}, got {name}={value!r}."
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{message[:-1]} (a {type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(message)
     return int(value)
 
 
-def check_number(name: str, value: Any, *, positive: bool = True) -> float:
+def check_number(name: str, value: Any, *, positive: bool | None = True) -> float:
     """``value`` as a ``float`` if it is a finite real number ``> 0`` (``>= 0`` with
-    ``positive=False``); a ``ValueError`` naming the argument otherwise (a ``bool`` included).
+    ``positive=False``, of any sign with ``positive=None``); an error naming the argument
+    otherwise: a ``TypeError`` for a non-number, a ``bool`` included, a ``ValueError`` for a
+    number out of range.
 
     Examples:
         >>> check_number("step_size", 0.05)
@@ -51,12 +67,67 @@ def check_number(name: str, value: Any, *, positive: bool = True) -> float:
         Traceback (most recent call last):
         ...
         ValueError: exploration_noise must be finite and >= 0, got exploration_noise=-0.1.
+        >>> check_number("noise_clip", True, positive=False)
+        Traceback (most recent call last):
+        ...
+        TypeError: noise_clip must be finite and >= 0, got noise_clip=True (a bool, not a number).
     """
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if not (ok and (value > 0 if positive else value >= 0)):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}.")
+    bound = {True: " and > 0", False: " and >= 0", None: ""}[positive]
+    message = f"{name} must be finite{bound}, got {name}={value!r}."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{message[:-1]} (a {type(value).__name__}, not a number).")
+    in_range = {True: value > 0, False: value >= 0, None: True}[positive]
+    if not (math.isfinite(value) and in_range):
+        raise ValueError(message)
     return float(value)
+
+
+def check_positive_float(name: str, value: Any, *, reciprocal: bool = False) -> float:
+    """``value`` as a ``float`` if it passes :func:`check_number` (finite, ``> 0``) and the
+    default dtype (``float32``) holds it as a finite, non-zero number, both as itself and as
+    ``exp(log value)``: the two ways the package stores a positive setting (``beta``; the step
+    sizes and ``log alpha``). Without ``reciprocal`` it must be a normal number (``>=
+    1.18e-38`` in ``float32``); with ``reciprocal=True`` its reciprocal must be finite instead
+    (``Q / beta`` enters the potential; ``>= 2.94e-39``). A ``ValueError`` naming the argument,
+    its value and the range allowed otherwise.
+
+    In ``float32``, ``1e-50`` is ``0`` (a step size that never moves the chain, a temperature
+    whose ``1 / beta`` is infinite) and ``1e39`` is ``inf``.
+
+    Examples:
+        >>> check_positive_float("step_size", 0.05)
+        0.05
+        >>> check_positive_float("step_size", 1e-50)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: step_size=1e-50 is too small: it is 0.0 in torch.float32; step_size must lie...
+        >>> check_positive_float("beta", 1e-40, reciprocal=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: beta=1e-40 is too small: 1 / beta overflows torch.float32; beta must lie...
+    """
+    value = check_number(name, value)
+    dtype = torch.get_default_dtype()
+    info = torch.finfo(dtype)
+    # The smallest value allowed: 1 / max (subnormal), or the smallest normal number (a
+    # subnormal step size is as good as 0 and loses its precision).
+    low = 1.0 / info.max if reciprocal else info.smallest_normal
+    allowed = f"{name} must lie between {low:.3g} and {info.max:.3g}"
+    stored = torch.stack(
+        [torch.tensor(value, dtype=dtype), torch.tensor(math.log(value), dtype=dtype).exp()]
+    )
+    if not stored.isfinite().all():
+        raise ValueError(f"{name}={value!r} is too large: it is inf in {dtype}; {allowed}.")
+    if reciprocal:
+        if not stored.reciprocal().isfinite().all():
+            raise ValueError(
+                f"{name}={value!r} is too small: 1 / {name} overflows {dtype}; {allowed}."
+            )
+    elif not (stored >= info.smallest_normal).all():
+        raise ValueError(
+            f"{name}={value!r} is too small: it is {stored.min().item()!r} in {dtype}; {allowed}."
+        )
+    return value
 
 
 class SavedSettings:

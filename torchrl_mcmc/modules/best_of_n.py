@@ -53,6 +53,13 @@ class BestOfNActor(MCMCActorBase):
         num_samples: ``N >= 1`` candidates per state (``1`` is the plain policy).
         action_key: where the action is written; defaults to the policy's sample key.
 
+    Raises:
+        TypeError: ``policy`` is no probabilistic TensorDict module, ``critic`` no
+            ``TensorDictModuleBase``, or ``num_samples`` no integer (a ``bool`` included).
+        ValueError: ``num_samples < 1``, a critic that does not read the action or whose
+            ``MLP`` has more than one output feature. At call time, a ``KeyError`` names the
+            input entries (``in_keys``) missing, and a ``ValueError`` the non-finite ones.
+
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict

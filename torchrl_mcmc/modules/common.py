@@ -30,9 +30,10 @@ import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import InteractionType, TensorDictModuleBase
 from tensordict.nn.probabilistic import interaction_type
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.data import Bounded, TensorSpec
+from torchrl.modules import MLP
 
 from torchrl_mcmc.mcmc.integrators import mark_non_finite
 from torchrl_mcmc.mcmc.settings import SavedSettings, check_number, check_saved_settings
@@ -48,18 +49,26 @@ DEFAULT_PESSIMISM = 2.0
 
 
 def check_finite_inputs(owner: str, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
-    """Raises a ``ValueError`` if a floating-point entry ``keys`` of ``tensordict`` holds a NaN
-    or an inf, naming each bad key with its number of bad rows (batch elements).
+    """Raises a ``KeyError`` naming the entries ``keys`` that ``tensordict`` lacks, and a
+    ``ValueError`` if a floating-point one holds a NaN or an inf, naming each bad key with its
+    number of bad rows (batch elements).
+
+    Every key is required: an actor reads all of its ``in_keys`` (its policy's, its critic's
+    state keys, its gates' or flow's state), and a missing one would fail deep inside with no
+    name (``linear(): argument 'input' must be Tensor, not NoneType``).
 
     One synchronisation when everything is finite. Under ``torch.compile`` the test is in the
     compiled graph and only the raise runs eagerly (a graph cannot raise on a tensor's value):
-    the compiled actor splits once, there, before the chain's one graph. Keys the tensordict
-    lacks are left to the code that reads them.
+    the compiled actor splits once, there, before the chain's one graph.
 
     Args:
         owner: who checks, for the message (the actor's class name).
         tensordict: the actor's input.
-        keys: the entries to check (non-floating ones are skipped).
+        keys: the entries to check (non-floating ones are only required).
+
+    Raises:
+        KeyError: naming the keys ``tensordict`` lacks, and those it has.
+        ValueError: naming the keys with a NaN or an inf, and the number of bad rows.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -70,8 +79,12 @@ def check_finite_inputs(owner: str, tensordict: TensorDictBase, keys: Iterable[N
         Traceback (most recent call last):
         ...
         ValueError: MyActor: the environment produced NaN or inf in 'observation' (2 of 4 rows)...
+        >>> check_finite_inputs("MyActor", td, ["obs"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        KeyError: "MyActor: the input has no 'obs' entry...
     """
-    entries = floating_entries(tensordict, keys)
+    entries = floating_entries(tensordict, keys, owner=owner, where="the input")
     if entries:
         finite = torch.stack([t.isfinite().all() for _, t in entries]).all()
         _raise_if_not_finite(owner, finite, entries, tensordict.batch_size.numel())
@@ -93,12 +106,46 @@ def _raise_if_not_finite(
 
 
 def floating_entries(
-    tensordict: TensorDictBase, keys: Iterable[NestedKey]
+    tensordict: TensorDictBase,
+    keys: Iterable[NestedKey],
+    *,
+    owner: str,
+    where: str,
+    optional: Iterable[NestedKey] = (),
 ) -> list[tuple[NestedKey, Tensor]]:
-    """The floating-point entries ``keys`` of ``tensordict`` that it holds, with their keys:
-    what a finiteness check reads."""
+    """The floating-point entries ``keys`` of ``tensordict``, with their keys: what a
+    finiteness check reads.
+
+    A ``KeyError`` names every key of ``keys`` that ``tensordict`` lacks, but those of
+    ``optional`` (entries the reader defaults, e.g. ``("next", "terminated")``, which TorchRL's
+    value estimators take from ``done``): ``owner`` and ``where`` (``"the input"``, ``"the
+    batch"``) are for its message.
+    """
+    keys = list(keys)
     entries = [(key, tensordict.get(key, None)) for key in keys]
+    skip = {unravel_key(k) for k in optional}
+    missing = [k for k, t in entries if t is None and unravel_key(k) not in skip]
+    if missing:
+        _raise_missing(owner, where, missing, keys, tensordict)
     return [(k, t) for k, t in entries if t is not None and t.is_floating_point()]
+
+
+@torch.compiler.disable
+def _raise_missing(
+    owner: str,
+    where: str,
+    missing: list[NestedKey],
+    keys: list[NestedKey],
+    tensordict: TensorDictBase,
+) -> None:
+    """:func:`floating_entries`' ``KeyError``, eagerly."""
+    names = ", ".join(repr(k) for k in missing)
+    entry = "entry" if len(missing) == 1 else "entries"
+    raise KeyError(
+        f"{owner}: {where} has no {names} {entry}; it reads {keys} and has "
+        f"{sorted(tensordict.keys(True, True), key=str)}. Rename the data's keys, or build the "
+        "modules (or set_keys) on the keys the data has."
+    )
 
 
 def non_finite_rows(entries: list[tuple[NestedKey, Tensor]], rows: int) -> str:
@@ -249,10 +296,24 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
     # ------------------------------------------------------------------ the critic
     @staticmethod
     def _check_critic(critic: TensorDictModuleBase, action_key: NestedKey, hint: str) -> None:
-        """Fails fast unless ``critic`` reads ``action_key`` and writes a value.
+        """Fails fast unless ``critic`` is a TensorDict module that reads ``action_key`` and
+        writes a value, of one feature where that can be seen without running it (a TorchRL
+        ``MLP`` in a ``TensorDictModule``/``ValueOperator``, the usual critic).
 
         ``hint`` ends the error message: where the action key comes from, what to change.
+
+        Raises:
+            TypeError: ``critic`` is not a ``TensorDictModuleBase`` (a plain function or
+                ``nn.Module``: wrap it in a ``ValueOperator``/``TensorDictModule``).
+            ValueError: it does not read ``action_key``, writes nothing, or its ``MLP`` has
+                more than one output feature.
         """
+        if not isinstance(critic, TensorDictModuleBase):
+            raise TypeError(
+                "the critic must be a TensorDict module (e.g. torchrl's ValueOperator, or a "
+                "TensorDictModule) reading the state and the action and writing one value, got "
+                f"a {type(critic).__name__}; wrap it in a ValueOperator."
+            )
         if action_key not in critic.in_keys:
             raise ValueError(
                 f"the critic must read the action key {action_key!r}; its in_keys are "
@@ -260,6 +321,15 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
             )
         if len(critic.out_keys) < 1:
             raise ValueError("the critic writes no output key; it must write a state-action value.")
+        net = getattr(critic, "module", None)
+        if isinstance(net, MLP):
+            out_features = net.out_features
+            shape = (out_features,) if isinstance(out_features, int) else tuple(out_features)
+            if shape != (1,):
+                raise ValueError(
+                    f"the critic's MLP has out_features={out_features!r}; a critic writes one "
+                    "state-action value per state: build it with out_features=1."
+                )
 
     def _set_critic(self, critic: TensorDictModuleBase, action_key: NestedKey) -> None:
         """Installs the critic (checked by :meth:`_check_critic`) and picks its evaluation path."""
@@ -324,7 +394,7 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
         """Whether the critic takes the fast path of :meth:`critic_values` (a ReLU ``MLP``)."""
         return self._fast_critic is not None
 
-    def bind_critic_params(self, params: TensorDictParams) -> None:
+    def bind_critic_params(self, params: TensorDictParams, *, owner: str | None = None) -> None:
         """Makes the actor evaluate ``Q`` with ``params`` (the ones a loss trains).
 
         Args:
@@ -334,11 +404,35 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
                 being registered here it travels with the actor's ``state_dict`` and with the
                 weights collectors send to their workers. ``load_state_dict`` restores them into
                 a freshly built actor too, with no loss: a saved actor acts as it did.
+
+        Keyword Args:
+            owner: who binds them, for the warning below (a loss's class name).
+
+        Raises:
+            ValueError: ``params`` is no ``TensorDictParams`` with one leading dimension.
+
+        Warns:
+            UserWarning: when other parameters were bound already (a second loss built on the
+                same actor, or a loss built on a loaded actor): the actor now acts with
+                ``params``, and the earlier ones (the earlier loss's, which it still trains, or
+                the loaded ones) no longer act. Rebuilding a loss (in a notebook) is legitimate;
+                training two losses on one actor is not what it looks like.
         """
         if not isinstance(params, TensorDictParams) or params.ndim != 1:
             raise ValueError(
                 "params must be a TensorDictParams with one leading critic dimension, got "
                 f"{type(params).__name__} of shape {getattr(params, 'shape', None)}."
+            )
+        if self.critic_params is not None and self.critic_params is not params:
+            new = f"the new {owner}'s critics" if owner else "the new critic parameters"
+            warnings.warn(
+                f"{type(self).__name__}: its critic parameters were bound already (to an earlier "
+                f"loss's, or loaded); it now acts with {new}, and the earlier ones are no longer "
+                "the ones acting: an earlier loss still trains its own critics, which this actor "
+                "no longer uses. Build one loss per actor (a fresh actor for a second loss), or "
+                "discard the earlier loss.",
+                UserWarning,
+                stacklevel=3,
             )
         self.critic_params = params
 

@@ -25,7 +25,7 @@ from torchrl.modules.distributions import IndependentNormal, TanhNormal
 
 from torchrl_mcmc.mcmc.gaussian import normal_log_prob, squash, squash_log_det
 from torchrl_mcmc.mcmc.hamiltonian import HamiltonianFlow
-from torchrl_mcmc.mcmc.settings import check_integer, check_number
+from torchrl_mcmc.mcmc.settings import check_integer, check_positive_float
 from torchrl_mcmc.modules._fast_paths import plain_policy, policy_dist
 from torchrl_mcmc.modules.common import MCMCActorBase, PotentialCritic, unique_keys
 
@@ -186,6 +186,16 @@ class HMCActor(MCMCActorBase):
         flow: a prebuilt :class:`HamiltonianFlow` (then ``num_steps``, ``step_size``, ``gated``,
             ``gate_hidden`` and ``gate_state_dim`` are ignored, with a warning where set).
 
+    Raises:
+        TypeError: ``policy`` is no probabilistic TensorDict module, ``critic`` no
+            ``TensorDictModuleBase``, or a number argument is not one (a ``bool`` included).
+        ValueError: an argument out of range, named with its value: ``beta`` (finite, ``> 0``,
+            with a finite non-zero ``float32`` value and reciprocal), ``step_size`` (a finite,
+            normal ``float32``: ``1e-50`` is ``0`` there, ``1e40`` inf), ``num_steps``, the
+            action spec, a critic that does not read the action or whose ``MLP`` has more
+            than one output feature, an unknown option. At call time, a ``KeyError`` names the
+            input entries (``in_keys``) missing, and a ``ValueError`` the non-finite ones.
+
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
@@ -260,12 +270,8 @@ class HMCActor(MCMCActorBase):
             action_key = policy.dist_sample_keys[0]
         self._check_critic(critic, action_key, "Pass action_key=... or build the critic on it.")
         action_spec = self._resolve_action_spec(policy, action_spec, action_key)
-        beta = check_number("beta", beta)
-        if not torch.tensor(beta).reciprocal().isfinite():
-            # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
-            raise ValueError(
-                f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
-            )
+        # In the buffer's dtype: 1e-300 is 0 in float32, 1e39 inf, and Q / beta enters U.
+        beta = check_positive_float("beta", beta, reciprocal=True)
         if flow is None and gate_state_key is not None and gate_state_dim is None:
             raise ValueError("gate_state_key was given without gate_state_dim (its width).")
         if gate_state_dim is not None:

@@ -20,7 +20,7 @@ from torchrl.modules import TanhModule
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
-from torchrl_mcmc.mcmc.settings import check_number
+from torchrl_mcmc.mcmc.settings import check_number, check_positive_float
 from torchrl_mcmc.modules._fast_paths import (
     deterministic_policy_output,
     plain_deterministic_policy,
@@ -201,6 +201,16 @@ class LangevinFlowActor(MCMCActorBase):
             ``step_size``, ``hidden``, ``scale_bound`` and ``state_dim`` come from it, and are
             ignored with a warning where set).
 
+    Raises:
+        TypeError: ``critic`` is no ``TensorDictModuleBase``, or a number argument is not one
+            (a ``bool`` included).
+        ValueError: an argument out of range, named with its value: ``beta`` (finite, ``> 0``,
+            with a finite non-zero ``float32`` value and reciprocal), ``step_size`` (a finite,
+            normal ``float32``: ``1e-50`` is ``0`` there, ``1e40`` inf), the action spec, a
+            critic that does not read the action or whose ``MLP`` has more than one output
+            feature. At call time, a ``KeyError`` names the input entries (``in_keys``)
+            missing, and a ``ValueError`` the non-finite ones.
+
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
@@ -253,14 +263,10 @@ class LangevinFlowActor(MCMCActorBase):
         action_key = tanh.out_keys[0]
         self._check_critic(critic, action_key, "It is the output key of the policy's TanhModule.")
         action_spec = self._resolve_action_spec(tanh, action_spec, action_key)
-        beta = check_number("beta", beta)
+        # In the buffer's dtype: 1e-300 is 0 in float32, 1e39 inf, and Q / beta enters U.
+        beta = check_positive_float("beta", beta, reciprocal=True)
         distance_smoothing = check_number("distance_smoothing", distance_smoothing)
         exploration_noise = check_number("exploration_noise", exploration_noise, positive=False)
-        if not torch.tensor(beta).reciprocal().isfinite():
-            # The buffer's dtype: 1e-300 is 0 in float32, and Q / beta would be infinite.
-            raise ValueError(
-                f"beta={beta!r} is too small: 1 / beta overflows {torch.get_default_dtype()}."
-            )
 
         action_dim = action_spec.shape[-1]
         if flow is None:

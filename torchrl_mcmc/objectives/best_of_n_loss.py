@@ -14,8 +14,9 @@ from tensordict.nn import dispatch
 from torch import Tensor
 from torchrl.objectives import SACLoss
 
+from torchrl_mcmc.mcmc.settings import check_integer, check_positive_float
 from torchrl_mcmc.modules.best_of_n import BestOfNActor
-from torchrl_mcmc.objectives.common import check_finite_batch
+from torchrl_mcmc.objectives.common import check_finite_batch, check_target_entropy
 
 __all__ = ["BestOfNSACLoss"]
 
@@ -37,6 +38,22 @@ class BestOfNSACLoss(SACLoss):
     Keyword Args:
         **kwargs: :class:`~torchrl.objectives.SACLoss`'s keyword arguments (``num_qvalue_nets``
             must stay 2 or more for a minimum; ``delay_actor`` is not supported).
+            ``alpha_init``, ``target_entropy`` and ``num_qvalue_nets`` are checked as
+            :class:`~torchrl_mcmc.HMCLoss` checks them.
+
+    Raises:
+        TypeError: ``actor`` is no :class:`BestOfNActor`; ``alpha_init``, ``target_entropy``
+            or ``num_qvalue_nets`` is no number (a ``bool`` included).
+        ValueError: ``delay_actor=True``; ``alpha_init`` not finite, not ``> 0``, or ``0``/
+            ``inf`` (or of infinite reciprocal) in ``float32``; ``target_entropy`` not finite
+            (nor ``"auto"``); ``num_qvalue_nets < 1``. Each named with its value.
+
+    Warns:
+        UserWarning: ``actor`` was trained by another loss already: it now acts with this
+            loss's critics, and the earlier loss's no longer act.
+
+    :meth:`forward` raises a ``KeyError`` naming the entries a batch lacks (``("next",
+    "terminated")`` may be absent: TorchRL's value estimator takes it from ``done``).
 
     Examples:
         >>> import torch
@@ -74,14 +91,24 @@ class BestOfNSACLoss(SACLoss):
             raise TypeError(f"actor must be a BestOfNActor, got {type(actor).__name__}.")
         if kwargs.get("delay_actor"):
             raise ValueError("delay_actor=True is not supported: the actor acts with theta.")
+        # SACLoss's own checks are missing (alpha_init=nan) or say nothing (alpha_init=-1:
+        # "math domain error"); the rules are the HMCLoss's.
+        if "alpha_init" in kwargs:
+            check_positive_float("alpha_init", kwargs["alpha_init"], reciprocal=True)
+        if "target_entropy" in kwargs:
+            check_target_entropy(kwargs["target_entropy"])
+        if "num_qvalue_nets" in kwargs:
+            check_integer("num_qvalue_nets", kwargs["num_qvalue_nets"], 1)
         super().__init__(actor.policy, actor.critic, **{**kwargs, "delay_actor": False})
         self.best_of_n = actor
-        actor.bind_critic_params(self.qvalue_network_params)
+        actor.bind_critic_params(self.qvalue_network_params, owner=type(self).__name__)
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """SAC's losses, after :func:`~torchrl_mcmc.objectives.common.check_finite_batch`."""
-        check_finite_batch(type(self).__name__, tensordict, self.in_keys)
+        # ("next", terminated) may be absent: the value estimator takes it from done.
+        optional = [("next", self.tensor_keys.terminated)]
+        check_finite_batch(type(self).__name__, tensordict, self.in_keys, optional=optional)
         return super().forward(tensordict)
 
     def _compute_target_v2(self, tensordict: TensorDictBase) -> Tensor:

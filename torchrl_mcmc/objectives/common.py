@@ -38,11 +38,12 @@ from torch import Tensor, nn
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
+from torchrl_mcmc.mcmc.settings import check_integer, check_number
 from torchrl_mcmc.modules.common import MCMCActorBase, floating_entries, non_finite_rows
 from torchrl_mcmc.modules.hmc_actor import HMCSample
 from torchrl_mcmc.modules.langevin_actor import LangevinSample
 
-__all__ = ["Chains", "MCMCPolicyLoss", "check_finite_batch"]
+__all__ = ["Chains", "MCMCPolicyLoss", "check_finite_batch", "check_target_entropy"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,31 @@ def parameters_of(params: TensorDictParams) -> Iterator[nn.Parameter]:
     return iter([p for p in params.values(True, True) if isinstance(p, nn.Parameter)])
 
 
-def check_finite_batch(loss: str, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
-    """Raises a ``ValueError`` if a floating-point entry ``keys`` of the batch is not finite.
+def check_finite_batch(
+    loss: str,
+    tensordict: TensorDictBase,
+    keys: Iterable[NestedKey],
+    *,
+    optional: Iterable[NestedKey] = (),
+) -> None:
+    """Raises a ``KeyError`` naming the entries ``keys`` the batch lacks, and a ``ValueError``
+    if a floating-point one is not finite.
 
-    The message names each bad key with the number of rows (batch elements) holding a NaN or
-    an inf. One synchronisation when everything is finite; keys the batch lacks are left to
-    the code that reads them.
+    The ``ValueError`` names each bad key with the number of rows (batch elements) holding a
+    NaN or an inf. One synchronisation when everything is finite.
 
     Args:
         loss: the loss's name, for the message.
         tensordict: the batch.
-        keys: the entries to check (non-floating ones, e.g. ``done``, are skipped).
+        keys: the entries to check (non-floating ones, e.g. ``done``, are only required).
+
+    Keyword Args:
+        optional: the keys of ``keys`` the batch may lack: those the reader defaults, e.g.
+            ``("next", "terminated")``, which TorchRL's value estimators take from ``done``.
+
+    Raises:
+        KeyError: naming the keys the batch lacks (``optional`` ones aside) and those it has.
+        ValueError: naming the keys with a NaN or an inf, and the number of bad rows.
 
     Examples:
         >>> import torch
@@ -83,8 +98,12 @@ def check_finite_batch(loss: str, tensordict: TensorDictBase, keys: Iterable[Nes
         Traceback (most recent call last):
         ...
         ValueError: MyLoss: the batch holds NaN or inf in 'observation' (2 of 4 rows); the data...
+        >>> check_finite_batch("MyLoss", batch, ["observation", ("next", "observation")])
+        Traceback (most recent call last):
+        ...
+        KeyError: "MyLoss: the batch has no ('next', 'observation') entry; ...
     """
-    entries = floating_entries(tensordict, keys)
+    entries = floating_entries(tensordict, keys, owner=loss, where="the batch", optional=optional)
     if not entries or bool(torch.stack([t.isfinite().all() for _, t in entries]).all()):
         return
     bad = non_finite_rows(entries, tensordict.batch_size.numel())
@@ -92,6 +111,26 @@ def check_finite_batch(loss: str, tensordict: TensorDictBase, keys: Iterable[Nes
         f"{loss}: the batch holds NaN or inf in {bad}; the data is at fault (the "
         "environment or the replay buffer), not the loss, which computed nothing."
     )
+
+
+def check_target_entropy(target_entropy: Any) -> float | str:
+    """``target_entropy`` if it is ``"auto"`` or a finite real number (a float then); an
+    error naming it otherwise: a ``TypeError`` for a non-number (a ``bool`` included), a
+    ``ValueError`` for another string, NaN or inf (which would make ``loss_alpha`` NaN or
+    infinite).
+    """
+    message = (
+        "target_entropy must be 'auto' (-action_dim) or a finite number, got "
+        f"target_entropy={target_entropy!r}."
+    )
+    if isinstance(target_entropy, str):
+        if target_entropy == "auto":
+            return target_entropy
+        raise ValueError(message)
+    try:
+        return check_number("target_entropy", target_entropy, positive=None)
+    except (TypeError, ValueError) as err:
+        raise type(err)(message) from None
 
 
 class Chains(NamedTuple, Generic[SampleT]):
@@ -138,6 +177,16 @@ class MCMCPolicyLoss(LossModule):
         num_qvalue_nets: number of critics (``>= 1``).
         loss_function: critic regression loss (``"l2"``, ``"smooth_l1"``, ``"l1"``).
         update_mode: ``"alternating"`` (eq. 11) or ``"joint"``.
+
+    Raises:
+        TypeError: ``num_qvalue_nets`` is no integer (a ``bool`` included).
+        ValueError: ``num_qvalue_nets < 1``, or an unknown ``loss_function`` or
+            ``update_mode``.
+
+    Warns:
+        UserWarning: the actor's critics were bound already, to an earlier loss's
+            (:meth:`~torchrl_mcmc.modules.common.MCMCActorBase.bind_critic_params`): the actor
+            now acts with this loss's.
     """
 
     actor_network: TensorDictModule
@@ -161,8 +210,7 @@ class MCMCPolicyLoss(LossModule):
         loss_function: str,
         update_mode: str,
     ) -> None:
-        if not isinstance(num_qvalue_nets, int) or num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be an integer >= 1, got {num_qvalue_nets!r}.")
+        num_qvalue_nets = check_integer("num_qvalue_nets", num_qvalue_nets, 1)
         if update_mode not in ("alternating", "joint"):
             raise ValueError(
                 f"update_mode must be 'alternating' or 'joint', got update_mode={update_mode!r}."
@@ -227,7 +275,7 @@ class MCMCPolicyLoss(LossModule):
             num_qvalue_nets,
             create_target_params=create_target_params,
         )
-        self.actor.bind_critic_params(self.qvalue_network_params)
+        self.actor.bind_critic_params(self.qvalue_network_params, owner=type(self).__name__)
         self._vmap_qvalue = torch.vmap(self._qvalue_with_params, (None, 0), randomness="different")
         self.set_keys(action=self.actor.action_key, state_action_value=self.actor.value_key)
 
@@ -266,8 +314,10 @@ class MCMCPolicyLoss(LossModule):
 
     # ------------------------------------------------------------------ non-finite values
     def _check_batch(self, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
-        """:func:`check_finite_batch` on the entries ``keys`` of the batch."""
-        check_finite_batch(type(self).__name__, tensordict, keys)
+        """:func:`check_finite_batch` on the entries ``keys`` of the batch: each required but
+        ``("next", terminated)``, which the value estimator takes from ``done`` when absent."""
+        optional = [("next", self.tensor_keys.terminated)]
+        check_finite_batch(type(self).__name__, tensordict, keys, optional=optional)
 
     def _drop_divergent(self, sample: SampleT, value: Tensor) -> Tensor | None:
         """Which chains to drop: those the actor flagged divergent, and those whose end value
@@ -336,12 +386,34 @@ class MCMCPolicyLoss(LossModule):
 
     # ------------------------------------------------------------------ beta
     @property
+    def tunes_alpha(self) -> bool:
+        """Whether ``beta`` is a tuned temperature (then it cannot be set from outside)."""
+        return False
+
+    @property
     def beta(self) -> Tensor:
         """The multiplier of the KL-like term (the actor's buffer, shared, written in place)."""
         return self.actor.beta
 
     @beta.setter
     def beta(self, value: float | Tensor) -> None:
+        """Writes ``value`` into the actor's ``beta``, in place.
+
+        Raises:
+            ValueError: ``value`` is no finite scalar ``> 0`` whose reciprocal is finite in the
+                buffer's dtype, or ``beta`` is the tuned temperature (:attr:`tunes_alpha`).
+        """
+        if self.tunes_alpha:
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}: beta cannot be set (got beta={value!r}): with the actor's "
+                "prior='uniform' beta is SAC's temperature alpha, tuned to target_entropy and "
+                "written into the actor at every call, which would overwrite it. Set its start "
+                f"with {name}(actor, alpha_init=...), or use the paper's prior to set beta from "
+                f"outside: {type(self.actor).__name__}(policy, critic, "
+                f"**{type(self.actor).__name__}.PAPER_KWARGS) and "
+                f"{name}(actor, **{name}.PAPER_KWARGS)."
+            )
         value = torch.as_tensor(value, dtype=self.actor.beta.dtype)
         if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
             raise ValueError(f"beta must be a finite scalar > 0, got {value}.")

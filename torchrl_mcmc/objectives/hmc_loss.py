@@ -21,8 +21,14 @@ from torchrl_mcmc.mcmc.gaussian import (
     squash_log_det,
     standard_normal_log_prob,
 )
+from torchrl_mcmc.mcmc.settings import check_positive_float
 from torchrl_mcmc.modules.hmc_actor import HMCActor, HMCSample
-from torchrl_mcmc.objectives.common import Chains, MCMCPolicyLoss, batch_mean
+from torchrl_mcmc.objectives.common import (
+    Chains,
+    MCMCPolicyLoss,
+    batch_mean,
+    check_target_entropy,
+)
 
 __all__ = ["HMCLoss"]
 
@@ -137,12 +143,28 @@ class HMCLoss(MCMCPolicyLoss):
         next_action: the TD target's next action. ``"base"``: the base policy's sample
             ``squash(u0')``, one chain fewer per update (with the uniform prior, the target is
             then SAC's). ``"chain"``: the chain's on ``s'`` (the paper's).
-        target_entropy: the entropy ``alpha`` is tuned to (uniform prior only): a float, or
-            ``"auto"`` for ``-action_dim`` (SAC's default).
-        alpha_init: initial temperature (uniform prior only; SAC's default ``1.0``).
+        target_entropy: the entropy ``alpha`` is tuned to (uniform prior only): a finite
+            float, or ``"auto"`` for ``-action_dim`` (SAC's default).
+        alpha_init: initial temperature (uniform prior only; SAC's default ``1.0``): finite,
+            ``> 0``, and, as the actor's ``beta`` it becomes, with a finite non-zero ``float32``
+            value and reciprocal (about ``2.94e-39`` to ``3.4e38``).
 
     ``target_entropy`` and ``alpha_init`` set to other values than their defaults with the
-    ``"policy"`` prior are ignored, with a warning.
+    ``"policy"`` prior are ignored, with a warning (they are checked all the same).
+
+    ``beta`` cannot be set with the uniform prior (``loss.beta = ...`` raises): it is the tuned
+    ``alpha`` there, which :meth:`forward` writes into the actor at every call.
+
+    Raises:
+        TypeError: ``actor`` is no :class:`~torchrl_mcmc.HMCActor`; ``num_qvalue_nets``,
+            ``alpha_init`` or ``target_entropy`` is no number (a ``bool`` included).
+        ValueError: an argument out of its range, named with its value: ``alpha_init`` not
+            finite, not ``> 0``, or ``0``/``inf`` (or of infinite reciprocal) in ``float32``;
+            ``target_entropy`` not finite; ``num_qvalue_nets < 1``; an unknown option.
+
+    Warns:
+        UserWarning: ``actor`` was trained by another loss already: it now acts with this
+            loss's critics, and the earlier loss's no longer act.
 
     Examples:
         >>> import torch
@@ -231,16 +253,13 @@ class HMCLoss(MCMCPolicyLoss):
             raise ValueError(
                 f"next_action must be 'chain' or 'base', got next_action={next_action!r}."
             )
+        target_entropy = check_target_entropy(target_entropy)
+        # alpha is the actor's beta: the same rule (float32, 1 / alpha finite), as log alpha.
+        alpha_init = check_positive_float("alpha_init", alpha_init, reciprocal=True)
         if not uniform:
             _warn_if_set(target_entropy=target_entropy, alpha_init=alpha_init)
         if target_entropy == "auto":
             target_entropy = -float(actor.action_low.numel())
-        if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)):
-            raise ValueError(f"target_entropy must be a number or 'auto', got {target_entropy!r}.")
-        if not (
-            isinstance(alpha_init, (int, float)) and math.isfinite(alpha_init) and alpha_init > 0
-        ):
-            raise ValueError(f"alpha_init must be finite and > 0, got alpha_init={alpha_init!r}.")
         super().__init__(
             actor,
             num_qvalue_nets=num_qvalue_nets,

@@ -5,7 +5,6 @@ Paper eqs. 10–11 and §4.1; docs/method.md §1.2, §1.3.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from torchrl_mcmc.mcmc.gaussian import squash
 from torchrl_mcmc.mcmc.langevin import LangevinFlow, smoothed_norm
+from torchrl_mcmc.mcmc.settings import check_number
 from torchrl_mcmc.modules.langevin_actor import LangevinFlowActor, LangevinSample, add_action_noise
 from torchrl_mcmc.objectives.common import Chains, MCMCPolicyLoss, batch_mean
 
@@ -118,6 +118,17 @@ class LangevinFlowLoss(MCMCPolicyLoss):
         update_mode: ``"alternating"`` (eq. 11, the paper's and the recipe's) or ``"joint"``
             (one flow, one loss for ``theta`` and ``h``: half the double-backward work).
 
+    Raises:
+        TypeError: ``actor`` is no :class:`~torchrl_mcmc.LangevinFlowActor`;
+            ``num_qvalue_nets``, ``policy_noise`` or ``noise_clip`` is no number (a ``bool``
+            included).
+        ValueError: ``policy_noise`` or ``noise_clip`` not finite or ``< 0``,
+            ``num_qvalue_nets < 1``, or an unknown option, named with its value.
+
+    Warns:
+        UserWarning: ``actor`` was trained by another loss already: it now acts with this
+            loss's critics, and the earlier loss's no longer act.
+
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
@@ -185,9 +196,8 @@ class LangevinFlowLoss(MCMCPolicyLoss):
     ) -> None:
         if not isinstance(actor, LangevinFlowActor):
             raise TypeError(f"actor must be a LangevinFlowActor, got {type(actor).__name__}.")
-        for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}.")
+        policy_noise = check_number("policy_noise", policy_noise, positive=False)
+        noise_clip = check_number("noise_clip", noise_clip, positive=False)
         super().__init__(
             actor,
             num_qvalue_nets=num_qvalue_nets,

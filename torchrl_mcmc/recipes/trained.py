@@ -44,8 +44,8 @@ class TrainedRun:
     """A run directory loaded by :func:`load_run`.
 
     Its methods check their arguments before they make an env: a bad one raises a
-    ``ValueError`` (a ``TypeError`` for a ``path`` that is no path) naming it, its value and
-    what is allowed.
+    ``ValueError`` (a ``TypeError`` for one of the wrong type: a non-integer, a ``path`` that
+    is no path) naming it, its value and what is allowed.
 
     Examples:
         Roll the trained actor out, evaluate it and record one episode (MuJoCo tasks render
@@ -80,9 +80,8 @@ class TrainedRun:
         ``env.max_episode_steps``), as TorchRL's ``EnvBase.rollout`` returns it.
 
         Raises:
-            ValueError: ``max_steps`` is not an integer >= 1 (nor ``None``), or ``seed`` not
-                an integer >= 0 (nor ``None``); for a non-integer, the error
-                :func:`~torchrl_mcmc.mcmc.settings.check_integer` raises for one.
+            TypeError: ``max_steps`` or ``seed`` is not an integer (nor ``None``).
+            ValueError: ``max_steps`` is below 1, or ``seed`` below 0.
         """
         steps = _max_steps(max_steps, self.cfg)
         if seed is not None:
@@ -100,9 +99,8 @@ class TrainedRun:
         as the run's evaluations measure it.
 
         Raises:
-            ValueError: ``episodes`` is not an integer >= 1 (nor ``None``), or ``seed`` not an
-                integer >= 0; for a non-integer, the error
-                :func:`~torchrl_mcmc.mcmc.settings.check_integer` raises for one.
+            TypeError: ``episodes`` (nor ``None``) or ``seed`` is not an integer.
+            ValueError: ``episodes`` is below 1, or ``seed`` below 0.
         """
         cfg = self.cfg
         if episodes is not None:
@@ -156,11 +154,12 @@ def _max_steps(max_steps: Any, cfg: DictConfig) -> int:
 def _integer(name: str, value: Any, minimum: int, alternative: str = "") -> int:
     """``value`` as an ``int`` if it is an integer ``>= minimum``
     (:func:`~torchrl_mcmc.mcmc.settings.check_integer`); otherwise the error that raises, of
-    the same type (a ``ValueError``, or for a non-integer the ``TypeError`` it may be too), its
-    message naming the ``alternative`` allowed as well (``"or None for ..."``)."""
+    the same type (a ``TypeError`` for a non-integer, a ``ValueError`` for one below
+    ``minimum``), its message naming the ``alternative`` allowed as well (``"or None for
+    ..."``)."""
     try:
         return check_integer(name, value, minimum)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         allowed = f"an integer >= {minimum}" + (f", {alternative}" if alternative else "")
         raise type(err)(f"{name} must be {allowed}, got {name}={value!r}.") from None
 
