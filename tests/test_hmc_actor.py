@@ -369,3 +369,24 @@ def test_settings_a_configuration_ignores_are_reported() -> None:
         _actor(flow=HamiltonianFlow(2, num_steps=3))
         _actor(gated=False)
         _actor(gate_state_key="observation", gate_state_dim=3)
+
+
+def test_divergences_are_logged_at_once_then_at_most_once_an_interval(monkeypatch, caplog) -> None:
+    """A chain that diverges at every call logs its first loss at once, then one line per
+    interval with what it lost in between: not a line per action and per update."""
+    clock = [1000.0]
+    monkeypatch.setattr("torchrl_mcmc.modules.common.time.monotonic", lambda: clock[0])
+    actor = _actor()
+    flags = torch.tensor([True, False, True, False])
+    with caplog.at_level("WARNING", logger="torchrl_mcmc"):
+        for seconds in (0.0, 10.0, 20.0, 59.0, 61.0, 62.0):
+            clock[0] = 1000.0 + seconds
+            actor._warn_divergent(flags, "HMC chain")
+        actor._warn_divergent(torch.zeros(4, dtype=torch.bool), "HMC chain")  # none: no count
+    assert [r.getMessage() for r in caplog.records] == [
+        "HMC chain diverged for 2 of 4 samples; they fall back to u0 (further divergences are "
+        "logged at most every 60 s).",
+        # The calls at 10, 20, 59 and 61 s: 4 calls, 8 samples, logged at 61 s.
+        "HMC chain diverged in 4 calls over the last 61 s, for 8 samples (2 of 4 in the "
+        "latest); they fall back to u0.",
+    ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -46,6 +47,9 @@ PotentialCritic = Literal["min", "first", "mean_std"]
 #: ``pessimism`` of ``potential_critic="mean_std"`` when none is given: the twins' mean minus
 #: twice their spread (their minimum minus half of it; docs/method.md §1.7).
 DEFAULT_PESSIMISM = 2.0
+
+#: Seconds between two divergence warnings of one actor (:meth:`MCMCActorBase._warn_divergent`).
+DIVERGENCE_LOG_INTERVAL_S = 60.0
 
 
 def check_finite_inputs(owner: str, tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
@@ -656,21 +660,43 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
 
     def _warn_divergent(self, divergent: Tensor, what: str) -> None:
         """Logs how many samples a chain lost to divergence (they fell back to ``u0``), on the
-        logger of the actor's module.
+        logger of the actor's module: the first time at once, then at most once every
+        :data:`DIVERGENCE_LOG_INTERVAL_S` seconds, with what was lost in between (a chain that
+        diverges at every step would otherwise log a line per action and per update).
 
         Not inside ``torch.compile``: the test reads a tensor's value, which splits the compiled
         graph there and doubles the cost of a compiled action. The per-sample flags are still
         in the actor's output (its ``"divergent"`` key), and the losses count them.
         """
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not divergent.any():
             return
-        if divergent.any():
-            logging.getLogger(type(self).__module__).warning(
-                "%s diverged for %d of %d samples; they fall back to u0.",
+        log = self.__dict__.setdefault("_divergence_log", {"at": None, "calls": 0, "lost": 0})
+        log["calls"] += 1
+        log["lost"] += int(divergent.sum())
+        now = time.monotonic()
+        if log["at"] is not None and now - log["at"] < DIVERGENCE_LOG_INTERVAL_S:
+            return
+        latest = f"{int(divergent.sum())} of {divergent.numel()}"
+        logger = logging.getLogger(type(self).__module__)
+        if log["at"] is None:
+            logger.warning(
+                "%s diverged for %s samples; they fall back to u0 (further divergences are "
+                "logged at most every %.0f s).",
                 what,
-                int(divergent.sum()),
-                divergent.numel(),
+                latest,
+                DIVERGENCE_LOG_INTERVAL_S,
             )
+        else:
+            logger.warning(
+                "%s diverged in %d calls over the last %.0f s, for %d samples (%s in the "
+                "latest); they fall back to u0.",
+                what,
+                log["calls"],
+                now - log["at"],
+                log["lost"],
+                latest,
+            )
+        log.update(at=now, calls=0, lost=0)
 
     # ------------------------------------------------------------------ the prior
     @torch.no_grad()
