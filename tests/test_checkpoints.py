@@ -8,6 +8,7 @@ import copy
 import errno
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from torchrl_mcmc.recipes.config_rules import ConfigError
 from torchrl_mcmc.recipes.exit_codes import ExitCode
 from torchrl_mcmc.recipes.factories import make_replay_buffer
 from torchrl_mcmc.recipes.run import Run
-from torchrl_mcmc.recipes.run_dir import plan_run
+from torchrl_mcmc.recipes.run_dir import RUN_LOCK, plan_run
 
 SMOKE = ["preset=smoke", "env=Pendulum-v1"]
 MB = 2**20
@@ -476,3 +477,50 @@ def test_each_run_in_a_process_logs_to_its_own_train_log_only(tmp_path: Path) ->
         assert f"run directory: {run.path}" in log and str(run.path) not in other
     handlers = logging.getLogger("torchrl_mcmc").handlers
     assert not [h for h in handlers if isinstance(h, logging.FileHandler)]
+
+
+# ---------------------------------------------------------------------------- one process a run
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path, caplog) -> None:
+    """A resume of a run another live process trains is refused (exit 2, nothing written); a
+    lock from another machine names it; one left by a process that ended is taken over; a run
+    that ends leaves none."""
+    overrides = [*SMOKE, f"run_root={tmp_path}", "collector.total_frames=200"]
+    run = train(compose_config("sac", overrides), SAC)
+    run_dir, lock = run.path, run.path / RUN_LOCK
+    assert run.exit_code == ExitCode.OK and not lock.exists()
+    resume = compose_config("sac", [*overrides, "collector.total_frames=300", f"resume={run_dir}"])
+    host = socket.gethostname()
+
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        for holder, message in [
+            (
+                f"{alive.pid} {host}",
+                f"{run_dir} is being trained by process {alive.pid} of this machine: stop it "
+                "first (SIGTERM checkpoints it), or wait for it to end.",
+            ),
+            (
+                "4242 other-node",
+                f"{run_dir} is being trained by process 4242 on other-node ({lock} says so): "
+                f"stop that process first; if it has ended (its machine went down), remove {lock} "
+                "and start this one again.",
+            ),
+        ]:
+            lock.write_text(holder + "\n")
+            before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+            caplog.clear()
+            refused = train(resume, SAC)
+            assert refused.exit_code == ExitCode.BAD_INPUT
+            assert _error(caplog) == f"configuration error: {message}"
+            assert lock.read_text() == holder + "\n"  # the holder's, untouched
+            assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    finally:
+        alive.kill()
+        alive.wait()
+
+    lock.write_text(f"{alive.pid} {host}\n")  # its process has ended now (killed with -9, say)
+    with caplog.at_level("INFO", logger="torchrl_mcmc"):
+        resumed = train(resume, SAC)
+    assert resumed.exit_code == ExitCode.OK and resumed.summary["frames"] == 300
+    assert f"{lock} was left by process {alive.pid}, which has ended: taken over" in caplog.text
+    assert not lock.exists()

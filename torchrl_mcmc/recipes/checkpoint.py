@@ -77,7 +77,7 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     removed = []
     for tmp in sorted(directory.glob(f".*{_TEMP_MARK}*")):
         pid = tmp.name.rpartition(_TEMP_MARK)[2]
-        if not pid.isdigit() or _is_running(int(pid)):
+        if not pid.isdigit() or process_running(int(pid)):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
@@ -85,9 +85,9 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
-def _is_running(pid: int) -> bool:
-    """Whether ``pid`` is a running process other than this one (which writes nothing while
-    it cleans up: a file named with its own id is from an earlier process)."""
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` is a running process of this machine other than this one (which writes
+    nothing while it cleans up: a file named with its own id is from an earlier process)."""
     if pid == os.getpid():
         return False
     try:

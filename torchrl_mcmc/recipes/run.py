@@ -60,7 +60,7 @@ from torchrl_mcmc.recipes.factories import (
 from torchrl_mcmc.recipes.logs import console_logs_above, end_file_logging, make_metrics_logger
 from torchrl_mcmc.recipes.methods.base import Method
 from torchrl_mcmc.recipes.provenance import provenance
-from torchrl_mcmc.recipes.run_dir import OpenRun, open_run
+from torchrl_mcmc.recipes.run_dir import OpenRun, open_run, release_run_dir
 from torchrl_mcmc.recipes.signals import StopRequests
 
 if TYPE_CHECKING:
@@ -221,6 +221,7 @@ class Run:
         except BaseException:
             self._stack.close()  # the `with` block never starts: put the handlers back here
             end_file_logging()
+            release_run_dir(self.path)
             raise
 
     def _build(self, opened: OpenRun) -> Run:
@@ -280,6 +281,8 @@ class Run:
             return self._leave(exc_type, exc)
         finally:
             end_file_logging()  # the run's last lines are in its train.log; no later ones
+            if self.path is not None:
+                release_run_dir(self.path)
 
     def _leave(
         self, exc_type: type[BaseException] | None, exc: BaseException | None

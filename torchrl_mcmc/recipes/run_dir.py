@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from torchrl_mcmc.recipes.checkpoint import (
     has_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    process_running,
 )
 from torchrl_mcmc.recipes.config_rules import (
     ConfigError,
@@ -50,6 +52,9 @@ from torchrl_mcmc.recipes.resume import (
 MethodFactory = Callable[[DictConfig, EnvBase, torch.device], Method]
 
 logger = logging.getLogger(__name__)
+
+#: The file in a run directory that names the process training it: ``<pid> <host>``.
+RUN_LOCK = "run.lock"
 
 
 @dataclass
@@ -276,18 +281,83 @@ def open_run(cfg: DictConfig, method_cls: MethodFactory | None = None) -> OpenRu
             Path(cfg.run_root).resolve() / cfg.method / cfg.env.name, cfg.seed
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_file_logging(run_dir)
-    logger.info("run directory: %s", run_dir)
-    if plan.resumed is None:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        return OpenRun(cfg, run_dir)
-    state = load_checkpoint(run_dir)
-    if method_cls is None:
-        method_cls = _recipe_method()
-    if method_cls is not None:
-        _check_checkpoint_fits(cfg, state, run_dir, method_cls)
-    record_resume(run_dir, plan.resumed)
+    claim_run_dir(run_dir)
+    try:
+        setup_file_logging(run_dir)
+        logger.info("run directory: %s", run_dir)
+        if plan.resumed is None:
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            return OpenRun(cfg, run_dir)
+        state = load_checkpoint(run_dir)
+        if method_cls is None:
+            method_cls = _recipe_method()
+        if method_cls is not None:
+            _check_checkpoint_fits(cfg, state, run_dir, method_cls)
+        record_resume(run_dir, plan.resumed)
+    except BaseException:
+        release_run_dir(run_dir)
+        raise
     return OpenRun(cfg, run_dir, plan.resumed, state)
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Marks ``run_dir`` as trained by this process (:data:`RUN_LOCK`, made exclusively).
+
+    A lock that another running process of this machine holds refuses the run: two processes
+    writing one run's checkpoints and logs would mix them. One left by a process that has
+    ended (killed with ``-9``), or by an earlier run of this process, is taken over. One from
+    another machine cannot be checked from here: the message says to remove it if that
+    process has ended.
+
+    Raises:
+        ConfigError: the run is being trained by another process, or the lock cannot be
+            written.
+    """
+    lock = run_dir / RUN_LOCK
+    me = f"{os.getpid()} {socket.gethostname()}"
+    while True:
+        try:
+            with open(lock, "x") as file:
+                file.write(me + "\n")
+            return
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise ConfigError(f"{lock} cannot be written ({err.strerror or err}).") from None
+        holder = _lock_holder(lock)
+        if holder is not None:
+            pid, host = holder
+            if host != socket.gethostname():
+                raise ConfigError(
+                    f"{run_dir} is being trained by process {pid} on {host} ({lock} says so): "
+                    f"stop that process first; if it has ended (its machine went down), remove "
+                    f"{lock} and start this one again."
+                )
+            if process_running(pid):
+                raise ConfigError(
+                    f"{run_dir} is being trained by process {pid} of this machine: stop it "
+                    "first (SIGTERM checkpoints it), or wait for it to end."
+                )
+            if pid != os.getpid():
+                logger.info("%s was left by process %d, which has ended: taken over", lock, pid)
+        lock.unlink(missing_ok=True)
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Removes ``run_dir``'s :data:`RUN_LOCK` if this process holds it."""
+    lock = run_dir / RUN_LOCK
+    if _lock_holder(lock) == (os.getpid(), socket.gethostname()):
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> tuple[int, str] | None:
+    """The process (id, host) that :data:`RUN_LOCK` names; ``None`` for a lock that is
+    missing, unreadable or names none (a write cut short: as good as none)."""
+    try:
+        pid, host = lock.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
 
 
 def _new_stamped_dir(parent: Path, seed: int) -> Path:
