@@ -671,12 +671,13 @@ class MCMCActorBase(SavedSettings, TensorDictModuleBase):
         if torch.compiler.is_compiling() or not divergent.any():
             return
         log = self.__dict__.setdefault("_divergence_log", {"at": None, "calls": 0, "lost": 0})
+        lost = int(divergent.sum())
         log["calls"] += 1
-        log["lost"] += int(divergent.sum())
+        log["lost"] += lost
         now = time.monotonic()
         if log["at"] is not None and now - log["at"] < DIVERGENCE_LOG_INTERVAL_S:
             return
-        latest = f"{int(divergent.sum())} of {divergent.numel()}"
+        latest = f"{lost} of {divergent.numel()}"
         logger = logging.getLogger(type(self).__module__)
         if log["at"] is None:
             logger.warning(

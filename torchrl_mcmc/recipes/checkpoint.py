@@ -256,12 +256,9 @@ def load_checkpoint(
     if not candidates:
         raise CheckpointError(
             f"no checkpoint of {run_dir}: {why_not}, and {ckpt_dir} holds no {_CHECKPOINT_FILES} "
-            "file. The run cannot continue; start a new one."
+            "file."
         )
-    raise CheckpointError(
-        f"no checkpoint of {run_dir} can be read: {'; '.join(failures)}. The run cannot "
-        "continue; start a new one."
-    )
+    raise CheckpointError(f"no checkpoint of {run_dir} can be read: {'; '.join(failures)}.")
 
 
 def _set_aside(path: Path) -> None:

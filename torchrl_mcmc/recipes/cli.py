@@ -98,6 +98,7 @@ def command_line_problems(recipe: str, args: Sequence[str]) -> list[str]:
         if any(o.is_interval_sweep() for o in overrides):
             return []  # a sweeper's own (Optuna's...): not for the basic one to enumerate
         jobs = _sweep_jobs(overrides) if flags.multirun else [list(flags.overrides)]
+        defaults = compose(name) if flags.multirun else None
         for job in jobs:
             try:
                 composed = compose(name, overrides=job, return_hydra_config=True)
@@ -106,7 +107,7 @@ def command_line_problems(recipe: str, args: Sequence[str]) -> list[str]:
                 return found or [" ".join(str(err).split())]
             if flags.multirun:  # a single run's values are Preflight's, before its directory
                 task = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
-                problems = config_problems(task, compose(name))
+                problems = config_problems(task, defaults)
                 if problems:
                     return problems
     launchers = [o.input_line for o in overrides if o.key_or_group == "hydra/launcher"]

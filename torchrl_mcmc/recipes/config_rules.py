@@ -148,7 +148,7 @@ def text(value: Any) -> str | None:
 def folder_name(value: Any) -> str | None:
     """A name that becomes one folder of a path: non-empty, no separator, not ``.`` or ``..``."""
     ok = text(value) is None and value not in (".", "..")
-    ok = ok and not any(sep in value for sep in ("/", "\\", os.sep))
+    ok = ok and "/" not in value and "\\" not in value
     return None if ok else "must be a folder's name: non-empty, without / or \\, not . or .."
 
 

@@ -208,7 +208,7 @@ class Run:
             self.exit_code = ExitCode.BAD_INPUT
             return self
         except CheckpointError as err:
-            logger.error("%s", err)
+            logger.error("%s The run cannot continue; start a new one.", err)
             self.exit_code = ExitCode.BAD_INPUT
             return self
         self.cfg = opened.cfg

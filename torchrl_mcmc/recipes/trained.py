@@ -34,10 +34,6 @@ from torchrl_mcmc.recipes.resume import checkpoint_mismatches, load_run_config
 
 __all__ = ["TrainedRun", "load_run"]
 
-#: What :func:`~torchrl_mcmc.recipes.checkpoint.load_checkpoint` advises a resume; wrong for a
-#: run that is only loaded.
-_RESUME_ADVICE = " The run cannot continue; start a new one."
-
 
 @dataclass
 class TrainedRun:
@@ -254,9 +250,7 @@ def load_run(
     try:
         state = load_checkpoint(path, map_location="cpu")
     except CheckpointError as err:
-        raise CheckpointError(
-            f"{shown}: {str(err).removesuffix(_RESUME_ADVICE)} Nothing can be loaded from it."
-        ) from None
+        raise CheckpointError(f"{shown}: {err} Nothing can be loaded from it.") from None
     frames = state.get("frames") if isinstance(state, dict) else None
     if not isinstance(frames, int) or isinstance(frames, bool):
         raise ConfigError(

@@ -46,15 +46,12 @@ def method_fit_problem(cfg: DictConfig, method_cls: Any) -> str | None:
     if not own:
         return None
     missing, foreign = sorted(own - set(cfg)), sorted((RECIPE_SECTIONS - own) & set(cfg))
-    found = [
-        f"it lacks {', '.join(missing)}" if missing else "",
-        f"it has {', '.join(foreign)}, which {method_cls.__name__} does not read"
-        if foreign
-        else "",
-    ]
-    if not missing and not foreign:
-        return None
-    return f"this configuration is not {method_cls.__name__}'s: {'; '.join(f for f in found if f)}"
+    found = [f"it lacks {', '.join(missing)}"] if missing else []
+    if foreign:
+        found.append(f"it has {', '.join(foreign)}, which {method_cls.__name__} does not read")
+    return (
+        f"this configuration is not {method_cls.__name__}'s: {'; '.join(found)}" if found else None
+    )
 
 
 __all__ = [
