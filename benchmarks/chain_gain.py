@@ -53,6 +53,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "chain_gain"
 logger = logging.getLogger("benchmarks.chain_gain")
 
 
+def _portable(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the same run from any checkout)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _act(module, obs: np.ndarray) -> np.ndarray:
     td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32)}, batch_size=[])
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%s", json.dumps(summary))
     out = {
         **provenance(),
-        "run_dir": str(args.run_dir),
+        "run_dir": _portable(args.run_dir),
         "checkpoint_frames": checkpoint.get("frames"),
         "method": cfg.method,
         "seed": int(cfg.seed),

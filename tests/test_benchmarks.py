@@ -490,8 +490,12 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     out = tmp_path / "gain"
     assert chain_gain.main([str(run_dir), "--states", "3", "--out", str(out)]) == 0
     (result,) = out.iterdir()
-    rows = json.loads(result.read_text())["rows"]
+    written = json.loads(result.read_text())
+    rows = written["rows"]
     assert len(rows) == 3
+    # The run named as it is found from any checkout: from the repository's root inside it.
+    assert written["run_dir"] == str(run_dir.resolve())
+    assert chain_gain._portable(chain_gain.ROOT / "runs" / "seed0") == "runs/seed0"
     assert all(r["critic_gain"] == 0.0 and r["true_gain"] == 0.0 for r in rows)
     assert all(r["null_critic_gain"] == 0.0 and r["null_true_gain"] == 0.0 for r in rows)
 

@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from torchrl_mcmc.recipes import CONFIG_DIR
+from torchrl_mcmc.recipes import CONFIG_DIR, SAC, compose_config
 from torchrl_mcmc.recipes.checkpoint import CHECKPOINT_POINTER, save_checkpoint
 from torchrl_mcmc.recipes.cli import command_line_problems
 from torchrl_mcmc.recipes.config_rules import (
@@ -742,6 +742,28 @@ def test_a_new_run_in_a_folder_that_holds_a_run_is_refused_and_touches_nothing(
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+def test_a_resume_with_hydra_run_dir_elsewhere_is_refused(tmp_path: Path, caplog) -> None:
+    smoke = ["preset=smoke", "env=Pendulum-v1", "collector.total_frames=200"]
+    run_dir = train(_compose("sac", *smoke, f"run_root={tmp_path}"), SAC).path
+    elsewhere = tmp_path / "elsewhere"
+    message = _preflight_message(
+        "sac", f"resume={run_dir}", f"hydra.run.dir={elsewhere}", caplog=caplog
+    )
+    assert message == (
+        f"configuration error: hydra.run.dir='{elsewhere}' beside resume='{run_dir}': a resumed "
+        f"run goes on in its own directory ({run_dir}); drop hydra.run.dir, or set it to that "
+        "directory"
+    )
+    assert not elsewhere.exists()
+    # The run's own directory named twice (as benchmarks/learning.py does) is a resume.
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        config = compose(
+            "sac", [f"resume={run_dir}", f"hydra.run.dir={run_dir}"], return_hydra_config=True
+        )
+        Preflight().on_run_start(config=config)
+    assert config.hydra.run.dir == str(run_dir)
+
+
 def test_runs_started_in_the_same_second_get_folders_of_their_own(
     tmp_path: Path, monkeypatch, package_logs
 ) -> None:
@@ -751,6 +773,25 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(
     stem = tmp_path.resolve() / "sac" / "Pendulum-v1" / "seed0-20261207-120000"
     assert folders == [stem, stem.with_name(stem.name + "-2"), stem.with_name(stem.name + "-3")]
     assert all((folder / "config.yaml").is_file() for folder in folders)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "error", "message"),
+    [
+        ("sacc", [], ConfigError, "recipe='sacc': no such recipe; must be one of sac, hmc_sac"),
+        (["sac"], [], ConfigError, "recipe=['sac']: no such recipe"),
+        ("sac", "env=Pendulum-v1", TypeError, "got 'env=Pendulum-v1'"),
+        ("sac", [3], TypeError, "overrides must be a list of strings"),
+        ("sac", ["env=Pendulm-v1"], ConfigError, "env='Pendulm-v1': no such option of env"),
+        ("sac", ["optim.lrr=3"], ConfigError, "optim.lrr=3: no such key (did you mean optim.lr?)"),
+    ],
+)
+def test_compose_config_names_a_bad_recipe_or_override(
+    recipe: object, overrides: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as raised:
+        compose_config(recipe, overrides)
+    assert message in str(raised.value)
 
 
 def test_each_method_names_the_sections_its_recipe_adds_to_the_common_ones() -> None:

@@ -199,6 +199,29 @@ def test_sigterm_during_a_long_update_phase_stops_the_run_within_30_s(tmp_path: 
 
 
 # ---------------------------------------------------------------------------- non-finite updates
+@pytest.mark.parametrize(
+    ("utd_ratio", "expected"),
+    [("0.5", 45), ("0.05", 4), ("1", 90), ("0.3", 27)],
+)
+def test_utd_ratio_sets_the_number_of_updates_over_the_run(
+    utd_ratio: str, expected: int, tmp_path: Path
+) -> None:
+    # Batches of 5 frames after 10 random ones: 90 frames call for utd_ratio * 90 updates,
+    # however the batches split them (0.5: 2.5 per batch; 0.05: one every 4 batches).
+    overrides = [
+        *SMOKE,
+        "collector.total_frames=100",
+        "collector.frames_per_batch=5",
+        "collector.init_random_frames=10",
+        "replay.batch_size=8",
+        f"optim.utd_ratio={utd_ratio}",
+        f"run_root={tmp_path}",
+    ]
+    run = train(compose_config("sac", overrides), SAC)
+    assert run.exit_code == ExitCode.OK
+    assert run.summary["frames"] == 100 and run.summary["updates"] == expected
+
+
 def test_a_diverging_run_skips_its_updates_then_stops_with_exit_4(tmp_path: Path) -> None:
     # optim.lr=1e10: the first update blows the weights up, every later loss is inf or nan.
     overrides = [*SMOKE, "optim.lr=1e10", "guard.max_nonfinite_updates=15"]

@@ -56,11 +56,31 @@ def compose_config(recipe: str, overrides: Sequence[str] = ()) -> DictConfig:
         >>> cfg = compose_config("hmc_sac", ["preset=smoke", "env=Pendulum-v1"])
         >>> cfg.env.name, cfg.collector.total_frames, cfg.hmc.num_steps
         ('Pendulum-v1', 400, 5)
+
+    Raises:
+        ConfigError: for a recipe that is not one of them, or overrides Hydra cannot compose
+            (a key, config group or option the recipe lacks, named with the nearest valid one).
+        TypeError: for ``overrides`` that are not a sequence of strings (one string is not).
     """
     from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return compose(recipe, overrides=list(overrides))
+    if not isinstance(recipe, str) or recipe not in METHODS:
+        raise ConfigError(f"recipe={recipe!r}: no such recipe; must be one of {', '.join(METHODS)}")
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(
+            "overrides must be a list of strings such as ['preset=smoke', 'env=Pendulum-v1'], "
+            f"got {overrides!r}"
+        )
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return compose(recipe, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException):
+        problems = command_line_problems(recipe, list(overrides))
+        if not problems:
+            raise
+        raise ConfigError.listing(problems) from None
 
 
 def command_line_problems(recipe: str, args: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -397,11 +398,16 @@ class Run:
             yield batch
 
     def updates_due(self, batch: TensorDictBase) -> int:
-        """How many updates ``batch`` calls for: none until the random frames are in
-        (``collector.init_random_frames``), then ``optim.utd_ratio`` per frame, at least one."""
-        if self.progress.frames <= self.cfg.collector.init_random_frames:
-            return 0
-        return max(1, round(batch.numel() * self.cfg.optim.utd_ratio))
+        """How many updates ``batch`` (the last collected) calls for: ``optim.utd_ratio`` per
+        frame collected after the random ones (``collector.init_random_frames``), counted over
+        the whole run, so that a fraction left by one batch is made up by the next: a ratio of
+        0.5 with one frame per batch updates after every second batch, never after each one.
+        The ratio is read as the decimal it is written as (``0.1`` is one tenth, exactly)."""
+        ratio = Fraction(str(self.cfg.optim.utd_ratio))
+        start = self.cfg.collector.init_random_frames
+        after = max(0, self.progress.frames - start)
+        before = max(0, self.progress.frames - batch.numel() - start)
+        return math.floor(ratio * after) - math.floor(ratio * before)
 
     def update(self, num_updates: int) -> bool:
         """The policy iteration's ``num_updates`` updates of :attr:`method` on minibatches of

@@ -118,6 +118,14 @@ def plan_run(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> RunPlan:
         raise ConfigError(f"{shown}: no run there ({saved_path} is missing).")
     if not has_checkpoint(run_dir):
         raise ConfigError(f"{shown}: the run has no checkpoint yet.")
+    if hydra_cfg is not None:
+        key, elsewhere = _new_run_dir(cfg, hydra_cfg)
+        if key == "hydra.run.dir" and elsewhere.expanduser().resolve() != run_dir:
+            raise ConfigError(
+                f"hydra.run.dir={show_value(str(elsewhere))} beside {shown}: a resumed run "
+                f"goes on in its own directory ({run_dir}); drop hydra.run.dir, or set it to "
+                "that directory"
+            )
     if defaults is not None:
         keys = requested_keys(cfg, hydra_cfg, defaults)
     else:
