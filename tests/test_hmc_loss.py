@@ -423,14 +423,17 @@ def test_fast_relu_critic_path_equals_the_generic_path(update_mode: str) -> None
 
 
 # ---------------------------------------------------------------------------- divergence guard
-def _blown_up_loss(case: str, update_mode: str = "alternating") -> tuple[HMCLoss, TensorDict]:
-    """The finite blow-ups of issue 10, on the scripts' ReLU critic: a tiny beta (float32), or
-    critic weights x1e50 (float64, where they stay finite)."""
+def _blown_up_loss(
+    case: str, update_mode: str = "alternating", double: bool = False
+) -> tuple[HMCLoss, TensorDict]:
+    """The finite blow-ups of issue 10, on the scripts' ReLU critic: a tiny beta (float32 unless
+    ``double``), or critic weights x1e50 (always float64, where they stay finite)."""
     loss = _relu_loss(update_mode, beta=1e-6 if case == "beta=1e-6" else 1.0)
     batch = _batch(batch=64)
-    if case == "critic x1e50":
+    if double or case == "critic x1e50":
         loss = loss.double()
         batch = batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+    if case == "critic x1e50":
         with torch.no_grad():
             for p in loss.qvalue_network_params.values(True, True):
                 p.mul_(1e50)
@@ -472,9 +475,7 @@ def test_the_loss_trains_on_the_first_draws_chains_that_did_not_diverge() -> Non
     # In float64: with 1/beta = 1e6 the chains are chaotic, and in float32 the matrix products'
     # rounding (which depends on the batch size, the thread count and the CPU) moves the rerun off
     # the first run by up to 1e-3 and changes which chains diverge (55 to 59 of 64 seen).
-    loss, batch = _blown_up_loss("beta=1e-6")
-    loss = loss.double()
-    batch = batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+    loss, batch = _blown_up_loss("beta=1e-6", double=True)
     torch.manual_seed(5)
     out, states, num_divergent, _ = loss._chain(batch, None)
     torch.manual_seed(5)  # the first run of the chains, on every state, with the same draws
