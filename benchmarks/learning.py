@@ -5,6 +5,7 @@
     python benchmarks/learning.py aggregate --tier Q        # tables, IQM CIs, curves
     python benchmarks/learning.py status --tier M           # finished / partial / pending
     python benchmarks/learning.py collect --tier Q          # re-copy finished runs' results
+    python benchmarks/learning.py seeds --tier MA           # seed-by-seed tables (markdown)
 
 Each run is one example script (``examples/<method>.py``) in its own run directory under
 ``runs/benchmarks/<tier>/<method>/<env>/seed<N>`` (git-ignored: checkpoints hold replay
@@ -805,6 +806,75 @@ def markdown_table(out: dict) -> str:
     return "\n".join(rows)
 
 
+#: The last-quarter diagnostics of the seed-by-seed table: ``(logged name, column, format)``.
+#: ``alpha`` is SAC's temperature; ``beta`` the PID's weight where a run has one (runs made
+#: before the temperature was named ``alpha`` logged it as ``beta``: each file's config says).
+SEED_DIAGNOSTICS = (
+    ("step_size", "step size", "{:.3g}"),
+    ("critic_gain", "critic gain per state", "{:.3g}"),
+    ("elbo_gap", "ELBO gain (nats)", "{:.3g}"),
+    ("entropy_chain", "chain's part of the entropy (nats)", "{:.3g}"),
+    ("entropy", "entropy", "{:.2f}"),
+    ("alpha", "alpha", "{:.3f}"),
+    ("beta", "beta", "{:.3f}"),
+    ("policy_distance", "policy distance", "{:.3f}"),
+    ("num_divergent", "divergent chains", "{:.1f}"),
+)
+
+
+def seed_tables(tier_name: str, columns: int = 10) -> str:
+    """The tier's own finished runs seed by seed, per env: the evaluation curve (at most
+    ``columns`` evaluations, evenly spaced, the last included), final score and wall time; then
+    the last-quarter mean of each diagnostic in :data:`SEED_DIAGNOSTICS` any of them logged."""
+    by_env: dict[str, list[tuple[str, dict]]] = {}
+    for (env, method), runs in _own_results(tier_name).items():
+        by_env.setdefault(env, []).extend((method, r) for r in sorted(runs, key=_seed))
+    parts = []
+    for env, runs in by_env.items():
+        frames = sorted({h["frames"] for _, r in runs for h in r["eval_history"]})
+        step = -(-len(frames) // columns)
+        shown = frames[::-1][::step][::-1]
+        head = [f"{f // 1000}k" if f % 1000 == 0 else str(f) for f in shown]
+        rows = [
+            f"### {env}",
+            "",
+            "| run | " + " | ".join(head) + " | final score | wall time |",
+            "|---|" + "---|" * (len(shown) + 2),
+        ]
+        for method, r in runs:
+            curve = " | ".join(_cell(_at(r["eval_history"], f), "{:.0f}") for f in shown)
+            rows.append(
+                f"| `{method}`, seed {r['seed']} | {curve} | {r['final_return']:.0f} "
+                f"| {r['wall_time_s'] / 60:.0f} min |"
+            )
+        logged = [
+            c for c in SEED_DIAGNOSTICS if any(c[0] in r.get("diagnostics", {}) for _, r in runs)
+        ]
+        if logged:
+            rows += [
+                "",
+                "| run | " + " | ".join(name for _, name, _ in logged) + " |",
+                "|---|" + "---|" * len(logged),
+            ]
+            for method, r in runs:
+                diagnostics = r.get("diagnostics", {})
+                cells = [
+                    _cell(diagnostics[key]["last_quarter_mean"], fmt) if key in diagnostics else "-"
+                    for key, _, fmt in logged
+                ]
+                rows.append(f"| `{method}`, seed {r['seed']} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _seed(summary: dict) -> int:
+    return summary["seed"]
+
+
+def _cell(value: float, fmt: str) -> str:
+    return "-" if np.isnan(value) else fmt.format(value)
+
+
 def _auc(row: dict) -> str:
     if "auc_iqm" not in row:  # tiers aggregated before the area was recorded
         return "-"
@@ -817,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("action", choices=["run", "collect", "aggregate", "status"])
+    parser.add_argument("action", choices=["run", "collect", "aggregate", "status", "seeds"])
     parser.add_argument("--tier", choices=sorted(TIERS), default="Q")
     parser.add_argument("--methods", nargs="*", help="subset of the tier's methods")
     parser.add_argument("--envs", nargs="*", help="subset of the tier's envs")
@@ -841,6 +911,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "status":
         for method, env, seed in _grid(args.tier, args.methods, args.envs, args.seeds):
             print(f"{_status(args.tier, method, env, seed):9s} {method:18s} {env:16s} seed {seed}")
+        return 0
+    if args.action == "seeds":
+        print(seed_tables(args.tier))
         return 0
     out = aggregate(args.tier)
     print_table(out)

@@ -170,6 +170,50 @@ def test_aggregate_matches_hand_computed_statistics(sandbox) -> None:
     assert "ld_td3" not in out["results"]["Pendulum-v1"]
 
 
+def test_seed_tables_show_each_runs_curve_and_last_quarter_diagnostics(sandbox) -> None:
+    # Tier MA evaluates every 10k frames over 100k: 10 columns, all of them shown.
+    for method, seed, final in (("sac", 1, 800.0), ("sac", 0, 700.0), ("hmc_sac", 0, 1400.0)):
+        summary = _fake_summary(method, "Ant-v4", seed, final)
+        summary["eval_history"] = [
+            {"frames": f, "eval_return": final * f / 100_000}
+            for f in range(10_000, 100_001, 10_000)
+        ]
+        summary["wall_time_s"] = 5400.0
+        if method == "hmc_sac":
+            summary["diagnostics"] = {
+                "step_size": {"last_quarter_mean": 0.0257, "last": 1.0},
+                "alpha": {"last_quarter_mean": 0.028, "last": 1.0},
+            }
+        path = learning.result_path("MA", method, "Ant-v4", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary))
+    lines = learning.seed_tables("MA").splitlines()
+    assert lines[0] == "### Ant-v4"
+    assert lines[2] == (
+        "| run | 10k | 20k | 30k | 40k | 50k | 60k | 70k | 80k | 90k | 100k | final score "
+        "| wall time |"
+    )
+    # Grid order of the methods (sac first), seeds in order within each.
+    assert lines[4].startswith("| `sac`, seed 0 | 70 | 140 | 210 |")
+    assert lines[4].endswith("| 630 | 700 | 700 | 90 min |")
+    assert lines[5].startswith("| `sac`, seed 1 | 80 |")
+    assert lines[6].startswith("| `hmc_sac`, seed 0 | 140 |")
+    # Only the diagnostics some run logged, their last-quarter means; "-" where a run has none.
+    assert lines[8] == "| run | step size | alpha |"
+    assert lines[10] == "| `sac`, seed 0 | - | - |"
+    assert lines[12] == "| `hmc_sac`, seed 0 | 0.0257 | 0.028 |"
+    # A long curve (tier Q: every 1000 frames to 15k) shows at most 10, the last one included.
+    summary = _fake_summary("sac", "Pendulum-v1", 0, -150.0)
+    summary["eval_history"] = [
+        {"frames": f, "eval_return": -f / 100} for f in range(1000, 15_001, 1000)
+    ]
+    path = learning.result_path("Q", "sac", "Pendulum-v1", 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary))
+    header = learning.seed_tables("Q").splitlines()[2]
+    assert header == "| run | 1k | 3k | 5k | 7k | 9k | 11k | 13k | 15k | final score | wall time |"
+
+
 def test_tiers_keep_their_runs_and_variants_name_their_results(sandbox) -> None:
     # The 5k-spacing ablations keep their own runs: never mixed with tier Q's.
     assert learning.result_path("QA", "sac", "Pendulum-v1", 0).parts[-4] == "QA"
