@@ -22,6 +22,11 @@ few thousandths changes a 300-step return by tens. So each state also gets a **n
 to the action bounds). Its true gain is what a move of the chain's size reads by chance; the
 chain's direction counts only where the paired difference, chain minus null, is above zero.
 
+Whole episodes answer the same question for the agent as it is evaluated: ``--episodes N``
+(default 10) deterministic episodes of the actor with its chain and of its policy alone
+(``K = 0``), from the same N initial states (the evaluation's seeded batched env), paired by
+episode. One action's gain is small and the rollout chaotic; an episode refines every action.
+
     python benchmarks/chain_gain.py runs/benchmarks/QL/ld_td3_fixedbeta/Pendulum-v1/seed0
     python benchmarks/chain_gain.py runs/benchmarks/SL/ld_td3/HalfCheetah-v4/seed0 --horizon 300
     python benchmarks/chain_gain.py --summarize benchmarks/results/chain_gain/*.json
@@ -45,6 +50,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_mcmc.recipes import HMCSAC, LDTD3, make_env
 from torchrl_mcmc.recipes.checkpoint import load_checkpoint
+from torchrl_mcmc.recipes.evaluation import episode_returns, make_eval_env
 from torchrl_mcmc.recipes.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +153,39 @@ def summarize(rows: list[dict], resamples: int = 10_000, seed: int = 0) -> dict:
     }
 
 
+def compare_episodes(
+    chain: np.ndarray, alone: np.ndarray, resamples: int = 10_000, seed: int = 0
+) -> dict:
+    """Whole-episode returns of the actor with its chain and of its policy alone, paired by
+    initial state: both means and the mean of the paired difference with its 95% percentile
+    bootstrap interval (the episodes resampled together)."""
+    difference = chain - alone
+    return {
+        "episodes": len(chain),
+        "chain_returns": chain.tolist(),
+        "policy_alone_returns": alone.tolist(),
+        "chain_mean": float(chain.mean()),
+        "policy_alone_mean": float(alone.mean()),
+        "chain_minus_policy_alone_mean": float(difference.mean()),
+        "chain_minus_policy_alone_ci95": _bootstrap_ci(difference, resamples, seed),
+    }
+
+
+def _episodes(cfg, actor, policy, episodes: int, seed: int) -> dict:
+    """:func:`compare_episodes` of ``episodes`` deterministic episodes each, both from the
+    evaluation env seeded with ``seed`` (the same initial states)."""
+    cfg = OmegaConf.merge(cfg, {"eval": {"episodes": episodes}})
+    returns = []
+    for module in (actor, policy):
+        env = make_eval_env(cfg)
+        env.set_seed(seed)
+        try:
+            returns.append(episode_returns(module, env, cfg.env.max_episode_steps).double().numpy())
+        finally:
+            env.close()
+    return {"seed": seed, **compare_episodes(*returns)}
+
+
 def resummarize(paths: list[Path]) -> None:
     """Recomputes the summary of result files from their per-state rows (after a change of
     :func:`summarize`; the rollouts need the run's checkpoint, the summary does not)."""
@@ -173,8 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--horizon", type=int, default=None, help="rollout steps (default: to the episode's end)"
     )
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=10,
+        help="whole episodes with the chain and with the policy alone (0: none)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
     args = parser.parse_args(argv)
+    if args.episodes < 0:
+        parser.error(f"--episodes must be an integer >= 0, got {args.episodes}")
     if (args.run_dir is None) == (args.summarize is None):
         parser.error("give either a run directory or --summarize RESULT [RESULT ...]")
     if args.summarize:
@@ -234,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary = summarize(rows)
     logger.info("%s", json.dumps(summary))
+    episodes = {}
+    if args.episodes:
+        episodes = {"episodes": _episodes(cfg, actor, base, args.episodes, args.seed)}
+        logger.info("%s", json.dumps(episodes))
     out = {
         **provenance(),
         "run_dir": _portable(args.run_dir),
@@ -249,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "null_move": "a0 + random signs * |aK - a0| per dimension, clipped to the bounds",
         },
         "summary": summary,
+        **episodes,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)

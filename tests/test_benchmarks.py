@@ -542,6 +542,27 @@ def test_chain_gain_of_a_flow_with_no_layers_is_zero_for_critic_and_environment(
     assert chain_gain._portable(chain_gain.ROOT / "runs" / "seed0") == "runs/seed0"
     assert all(r["critic_gain"] == 0.0 and r["true_gain"] == 0.0 for r in rows)
     assert all(r["null_critic_gain"] == 0.0 and r["null_true_gain"] == 0.0 for r in rows)
+    # Whole episodes (10 by default) from the same initial states: the same returns, exactly.
+    episodes = written["episodes"]
+    assert episodes["episodes"] == 10 and len(episodes["chain_returns"]) == 10
+    assert episodes["chain_returns"] == episodes["policy_alone_returns"]
+    assert len(set(episodes["chain_returns"])) > 1  # ten initial states, not one ten times
+    assert episodes["chain_minus_policy_alone_mean"] == 0.0
+    assert episodes["chain_minus_policy_alone_ci95"] == [0.0, 0.0]
+
+
+def test_chain_gain_episodes_are_compared_in_pairs() -> None:
+    from benchmarks import chain_gain
+
+    alone = np.array([100.0, 900.0, 400.0, 1600.0])
+    out = chain_gain.compare_episodes(alone + 10.0, alone)
+    # The returns spread by hundreds, their paired difference not at all: an exact +10.
+    assert out["chain_mean"] == 760.0 and out["policy_alone_mean"] == 750.0
+    assert out["chain_minus_policy_alone_mean"] == 10.0
+    assert out["chain_minus_policy_alone_ci95"] == [10.0, 10.0]
+    mixed = chain_gain.compare_episodes(alone + np.array([-30.0, 10.0, 20.0, 40.0]), alone)
+    low, high = mixed["chain_minus_policy_alone_ci95"]
+    assert mixed["chain_minus_policy_alone_mean"] == 10.0 and -30.0 <= low < 10.0 < high <= 40.0
 
 
 def test_chain_gain_null_move_has_the_chains_size_per_dimension_and_random_signs() -> None:

@@ -26,9 +26,9 @@ def make_eval_env(cfg: DictConfig) -> EnvBase:
 
 
 @torch.no_grad()
-def evaluate(policy: nn.Module, env: EnvBase, max_steps: int) -> float:
-    """Mean return of one deterministic-mode episode of at most ``max_steps`` steps in each of
-    the batched ``env``'s sub-envs (:func:`make_eval_env`).
+def episode_returns(policy: nn.Module, env: EnvBase, max_steps: int) -> torch.Tensor:
+    """The return of one deterministic-mode episode of at most ``max_steps`` steps in each of
+    the batched ``env``'s sub-envs (:func:`make_eval_env`), one value per sub-env.
 
     The episodes run side by side. One that ends stops stepping while the others go on
     (TorchRL's partial steps), and the evaluation stops when all have ended: each episode's
@@ -40,7 +40,13 @@ def evaluate(policy: nn.Module, env: EnvBase, max_steps: int) -> float:
         )
     # After an episode ends, the rollout repeats its last step: the running sum (RewardSum)
     # at the last index is each episode's return.
-    return rollout["next", "episode_reward"][..., -1, :].mean().item()
+    return rollout["next", "episode_reward"][..., -1, :].reshape(-1)
+
+
+def evaluate(policy: nn.Module, env: EnvBase, max_steps: int) -> float:
+    """Mean return of one deterministic-mode episode in each of the batched ``env``'s sub-envs
+    (:func:`episode_returns`)."""
+    return episode_returns(policy, env, max_steps).mean().item()
 
 
 def record_video(
